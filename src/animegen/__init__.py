@@ -1,0 +1,14 @@
+"""animegen: train a DCGAN on a folder of anime faces and generate new ones."""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "load_generator"]
+
+
+def __getattr__(name: str):
+    # Import lazily so `animegen --version` and config tooling do not pay for importing torch.
+    if name == "load_generator":
+        from animegen.generate import load_generator
+
+        return load_generator
+    raise AttributeError(name)

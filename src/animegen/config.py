@@ -1,0 +1,296 @@
+"""Typed configuration: one dataclass per concern, named presets, YAML/TOML files and overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from animegen.errors import UserError
+
+ARCHITECTURES = ("seed", "dcgan64")
+LOSSES = ("bce", "hinge")
+
+
+@dataclass
+class ModelConfig:
+    """What the networks look like."""
+
+    arch: str = "seed"  # "seed": the tutorial's 96 px layout; "dcgan64": pytorch/examples' DCGAN
+    image_size: int = 96
+    z_dim: int = 100
+    width: float = 1.0  # channel multiplier: 0.5 halves every hidden layer
+    d_first_bn: bool = True  # the tutorial puts BatchNorm on D's first conv; the DCGAN paper does not
+    init: str = "default"  # "default" keeps PyTorch's init (the tutorial); "dcgan" draws N(0, 0.02)
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are prepared."""
+
+    path: str | None = None  # None: the built-in procedural demo faces
+    limit: int | None = None
+    hflip: bool = False
+    cache_dir: str | None = None  # None: a user cache dir (~/.cache/animegen)
+    workers: int = 0  # decode threads for the first pass; 0 picks by core count
+    demo_count: int = 5000  # images drawn when no folder is given
+
+
+@dataclass
+class OptimConfig:
+    """Loss and optimisers."""
+
+    loss: str = "bce"
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+
+
+@dataclass
+class TrainConfig:
+    """The loop: how long, how big, how often to save, on what."""
+
+    epochs: int = 25
+    batch_size: int = 8
+    seed: int = 0
+    device: str = "auto"
+    max_steps: int | None = None  # stop after this many iterations (benchmarks, smoke tests)
+    checkpoint_every: int = 0  # also checkpoint every N iterations; 0 = only at epoch ends
+    keep_checkpoints: int = 3
+    log_every: int = 10  # iterations between log.jsonl rows (losses are read from the device this often)
+    sample_count: int = 64
+    amp: str = "off"  # "off" or "bf16": autocast dtype for the forward passes
+    channels_last: bool = False
+    threads: int = 0  # torch intra-op threads on CPU; 0 leaves PyTorch's default
+
+
+@dataclass
+class RunConfig:
+    """Where the run's files go."""
+
+    name: str = "run"
+    run_dir: str | None = None  # None: runs/<name>
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    preset: str = "default"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        cfg = cls()
+        apply_mapping(cfg, data, source="config")
+        return cfg
+
+    def validate(self) -> None:
+        m, t = self.model, self.train
+        if m.arch not in ARCHITECTURES:
+            raise UserError(f"model.arch must be one of {', '.join(ARCHITECTURES)}, not {m.arch!r}")
+        from animegen.models import layout  # models imports this module
+
+        layout(m.image_size)
+        if m.z_dim < 1 or m.width <= 0:
+            raise UserError("model.z_dim and model.width must be positive")
+        if self.optim.loss not in LOSSES:
+            raise UserError(f"optim.loss must be one of {', '.join(LOSSES)}, not {self.optim.loss!r}")
+        if t.batch_size < 1 or t.epochs < 0:
+            raise UserError("train.batch_size must be >= 1 and train.epochs >= 0")
+        if t.amp not in ("off", "bf16"):
+            raise UserError(f"train.amp must be 'off' or 'bf16', not {t.amp!r}")
+        if self.data.limit is not None and self.data.limit < 1:
+            raise UserError("data.limit must be >= 1")
+
+
+def seed_preset() -> Config:
+    """The tutorial exactly: 96 px seed networks, batch 8, 25 epochs, BCE, Adam 2e-4/0.5, no flip."""
+    return Config(preset="seed")
+
+
+def default_preset() -> Config:
+    """Seed networks with a batch that keeps a CPU or GPU busy, flips, and bf16 where it is fast."""
+    cfg = Config(preset="default")
+    cfg.train.batch_size = 64
+    cfg.train.epochs = 25
+    cfg.train.channels_last = True
+    cfg.data.hflip = True
+    return cfg
+
+
+def demo_preset() -> Config:
+    """A small 64 px model on procedural faces: the whole pipeline in minutes on a laptop CPU."""
+    cfg = Config(preset="demo")
+    cfg.model = ModelConfig(arch="dcgan64", image_size=64, width=0.5, d_first_bn=False, init="dcgan")
+    cfg.data.hflip = True
+    cfg.data.demo_count = 5000
+    cfg.train.batch_size = 64
+    cfg.train.epochs = 8
+    cfg.train.channels_last = True
+    cfg.run.name = "demo"
+    return cfg
+
+
+def dcgan64_preset() -> Config:
+    """pytorch/examples' DCGAN at 64 px: batch 128, N(0, 0.02) init, no BN on D's first layer."""
+    cfg = Config(preset="dcgan64")
+    cfg.model = ModelConfig(arch="dcgan64", image_size=64, d_first_bn=False, init="dcgan")
+    cfg.train.batch_size = 128
+    cfg.train.channels_last = True
+    return cfg
+
+
+PRESETS = {
+    "seed": seed_preset,
+    "default": default_preset,
+    "demo": demo_preset,
+    "dcgan64": dcgan64_preset,
+}
+
+
+def preset(name: str) -> Config:
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise UserError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}") from None
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Nested mapping from a .yaml/.yml/.toml/.json file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"{path}: cannot read config file ({e.strerror or e})") from None
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            if sys.version_info >= (3, 11):
+                import tomllib
+            else:  # pragma: no cover - exercised on 3.10 only
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+    except Exception as e:  # noqa: BLE001 - any parser error becomes one line naming the file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: not a valid config file ({first})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a config file must hold a mapping of sections")
+    return data
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Turn a file or command-line value into the field's declared type."""
+    hint = annotation
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            if type(None) in args:
+                return None
+        non_none = [a for a in args if a is not type(None)]
+        hint = non_none[0] if len(non_none) == 1 else str
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+                return False
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            raise ValueError
+        if hint is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if hint is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}") from None
+    return value
+
+
+def _field_types(obj: Any) -> dict[str, Any]:
+    return typing.get_type_hints(type(obj))
+
+
+def set_value(cfg: Config, dotted: str, value: Any, source: str = "override") -> None:
+    """Set `section.key` (e.g. `train.batch_size`) with type checking."""
+    parts = dotted.split(".")
+    if len(parts) != 2:
+        raise UserError(f"{source}: {dotted!r} must look like section.key (e.g. train.batch_size)")
+    section_name, key = parts
+    section = getattr(cfg, section_name, None)
+    if section is None or not dataclasses.is_dataclass(section):
+        names = ", ".join(f.name for f in fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name)))
+        raise UserError(f"{source}: unknown section {section_name!r} (sections: {names})")
+    types_ = _field_types(section)
+    if key not in types_:
+        raise UserError(f"{source}: unknown key {dotted!r} (keys: {', '.join(types_)})")
+    setattr(section, key, _coerce(value, types_[key], f"{source}: {dotted}"))
+
+
+def apply_mapping(cfg: Config, data: dict[str, Any], source: str) -> None:
+    for section_name, values in data.items():
+        if section_name == "preset":
+            cfg.preset = str(values)
+            continue
+        if not isinstance(values, dict):
+            raise UserError(f"{source}: section {section_name!r} must be a mapping")
+        for key, value in values.items():
+            set_value(cfg, f"{section_name}.{key}", value, source)
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise UserError(f"--set {text!r}: expected section.key=value")
+    key, value = text.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def build_config(
+    preset_name: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    sets: list[str] | None = None,
+) -> Config:
+    """Preset, then file, then `--set` pairs, then explicit flags: later wins."""
+    file_data = read_config_file(config_file) if config_file else {}
+    name = preset_name or file_data.get("preset") or "default"
+    cfg = preset(str(name))
+    source = str(config_file) if config_file else "config"
+    apply_mapping(cfg, {k: v for k, v in file_data.items() if k != "preset"}, source)
+    for item in sets or []:
+        key, value = parse_override(item)
+        set_value(cfg, key, value, "--set")
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            set_value(cfg, key, value, "command line")
+    cfg.validate()
+    return cfg

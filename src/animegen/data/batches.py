@@ -1,0 +1,109 @@
+"""Training batches from the uint8 image array: shuffled per epoch, normalised and flipped on the device.
+
+Order and flips are pure functions of (seed, epoch, batch index), not of any RNG state, so a run
+resumed mid-epoch sees exactly the batches the uninterrupted run would have seen, and each
+distributed rank can take its own slice of the same permutation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+# Leave room for the models and activations when deciding to put the whole set on the GPU.
+GPU_RESIDENT_FRACTION = 0.25
+
+
+def _mix(*parts: int) -> int:
+    """A 63-bit seed from several integers (SplitMix-style), stable across platforms."""
+    x = 0x9E3779B97F4A7C15
+    for p in parts:
+        x ^= (int(p) + 0x9E3779B97F4A7C15 + (x << 6) + (x >> 2)) & 0xFFFFFFFFFFFFFFFF
+        x = (x * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 31
+    return x & 0x7FFFFFFFFFFFFFFF
+
+
+def derived_seed(seed: int, *parts: int) -> int:
+    return _mix(seed, *parts)
+
+
+class BatchFeeder:
+    """Yields float batches in [-1, 1] on `device` from a (N, 3, S, S) uint8 array."""
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        batch_size: int,
+        device: torch.device,
+        seed: int,
+        hflip: bool = False,
+        channels_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        resident: bool | None = None,
+    ):
+        self.n = int(images.shape[0])
+        self.batch_size = batch_size
+        self.device = device
+        self.seed = seed
+        self.hflip = hflip
+        self.channels_last = channels_last
+        self.rank = rank
+        self.world_size = world_size
+        global_batch = batch_size * world_size
+        # drop_last, like the tutorial's DataLoader: every step sees a full batch.
+        self.steps_per_epoch = self.n // global_batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{self.n} images are fewer than one batch of {global_batch}")
+        host = torch.from_numpy(np.asarray(images))
+        if resident is None:
+            resident = device.type == "cuda" and _fits_on_gpu(host, device)
+        # On the GPU one upload beats a host->device copy per step; on the CPU the memmap
+        # pages are the resident copy already.
+        self.source = host.to(device) if resident and device.type != "cpu" else host
+        self.resident = resident and device.type != "cpu"
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(derived_seed(self.seed, 1, epoch))
+        return torch.randperm(self.n, generator=g)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
+        """Batches `start`.. of `epoch` for this rank."""
+        perm = self.permutation(epoch)
+        gb = self.batch_size * self.world_size
+        for step in range(start, self.steps_per_epoch):
+            idx = perm[step * gb + self.rank * self.batch_size : step * gb + (self.rank + 1) * self.batch_size]
+            yield self.batch(idx, epoch, step)
+
+    def batch(self, idx: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
+        if self.resident:
+            raw = self.source[idx.to(self.device)]
+        else:
+            # Sorted reads are kinder to a memmap on disk; the batch order is restored after.
+            order = torch.argsort(idx)
+            rows = self.source[idx[order]]
+            raw = torch.empty_like(rows)
+            raw[order] = rows
+            raw = raw.to(self.device, non_blocking=True)
+        x = raw.float().div_(127.5).sub_(1.0)
+        if self.hflip:
+            g = torch.Generator().manual_seed(derived_seed(self.seed, 2, epoch, step, self.rank))
+            flip = (torch.rand(len(idx), generator=g) < 0.5).to(self.device)
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+def _fits_on_gpu(host: torch.Tensor, device: torch.device) -> bool:
+    try:
+        free, _total = torch.cuda.mem_get_info(device)
+    except Exception:  # noqa: BLE001 - no CUDA info means: don't risk it
+        return False
+    return host.numel() < free * GPU_RESIDENT_FRACTION

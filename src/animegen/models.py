@@ -1,0 +1,171 @@
+"""The generator and discriminator: the tutorial's seed layout and pytorch/examples' DCGAN, any size."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from animegen.config import ModelConfig
+from animegen.errors import UserError
+
+# The tutorial's widths at width=1.0: G's last hidden layer has 128 channels, D's first has 64.
+BASE_WIDTHS = {"seed": (128, 64), "dcgan64": (64, 64)}
+SUPPORTED_SIZES = (16, 24, 32, 48, 64, 96, 128, 192)
+
+
+def layout(image_size: int) -> tuple[int, int]:
+    """(outer scale factor, number of stride-2 stages) for an image size.
+
+    The seed network ends with a 5x5 stride-3 transposed conv (32 -> 96); sizes divisible by 3 keep
+    that layer, the others end like the DCGAN paper with a 4x4 stride-2 one. Between the 4x4 seed
+    and the outer layer, every stage doubles the resolution.
+    """
+    if image_size not in SUPPORTED_SIZES:
+        sizes = ", ".join(map(str, SUPPORTED_SIZES))
+        raise UserError(f"image size {image_size} is not supported (choose one of {sizes})")
+    factor = 3 if image_size % 3 == 0 else 2
+    stages = int(math.log2(image_size // factor // 4))
+    return factor, stages
+
+
+def _outer(factor: int, transposed: bool, cin: int, cout: int) -> nn.Module:
+    conv = nn.ConvTranspose2d if transposed else nn.Conv2d
+    if factor == 3:
+        return conv(cin, cout, 5, 3, 1, bias=False)
+    return conv(cin, cout, 4, 2, 1, bias=False)
+
+
+def _widths(cfg: ModelConfig) -> tuple[int, int]:
+    g, d = BASE_WIDTHS[cfg.arch]
+    return max(1, round(g * cfg.width)), max(1, round(d * cfg.width))
+
+
+class Generator(nn.Module):
+    """z (B, z_dim, 1, 1) -> image (B, 3, S, S) in [-1, 1].
+
+    Blocks are named layer1..layerN like the tutorial's, so its netG_NNN.pth loads unchanged.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        factor, stages = layout(cfg.image_size)
+        ngf, _ = _widths(cfg)
+        self.z_dim = cfg.z_dim
+        self.image_size = cfg.image_size
+        hidden = [ngf * 2**i for i in reversed(range(stages + 1))]  # e.g. 1024, 512, 256, 128
+        blocks: list[nn.Module] = [
+            nn.Sequential(
+                nn.ConvTranspose2d(cfg.z_dim, hidden[0], 4, 1, 0, bias=False),
+                nn.BatchNorm2d(hidden[0]),
+                nn.ReLU(inplace=True),
+            )
+        ]
+        for cin, cout in zip(hidden[:-1], hidden[1:]):
+            blocks.append(
+                nn.Sequential(
+                    nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+                )
+            )
+        blocks.append(nn.Sequential(_outer(factor, True, hidden[-1], 3), nn.Tanh()))
+        for i, block in enumerate(blocks, 1):
+            self.add_module(f"layer{i}", block)
+        self.n_layers = len(blocks)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if z.dim() == 2:
+            z = z[:, :, None, None]
+        for i in range(1, self.n_layers + 1):
+            z = getattr(self, f"layer{i}")(z)
+        return z
+
+
+class Discriminator(nn.Module):
+    """image (B, 3, S, S) -> one logit per image (B,).
+
+    The tutorial ends with Sigmoid + BCELoss; returning the logit and using BCE-with-logits is the
+    same loss, computed stably, and lets other losses (hinge) use the same network.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        factor, stages = layout(cfg.image_size)
+        _, ndf = _widths(cfg)
+        hidden = [ndf * 2**i for i in range(stages + 1)]  # e.g. 64, 128, 256, 512
+        first: list[nn.Module] = [_outer(factor, False, 3, hidden[0])]
+        if cfg.d_first_bn:
+            first.append(nn.BatchNorm2d(hidden[0]))
+        first.append(nn.LeakyReLU(0.2, inplace=True))
+        blocks: list[nn.Module] = [nn.Sequential(*first)]
+        for cin, cout in zip(hidden[:-1], hidden[1:]):
+            blocks.append(
+                nn.Sequential(
+                    nn.Conv2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True)
+                )
+            )
+        blocks.append(nn.Sequential(nn.Conv2d(hidden[-1], 1, 4, 1, 0, bias=False)))
+        for i, block in enumerate(blocks, 1):
+            self.add_module(f"layer{i}", block)
+        self.n_layers = len(blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i in range(1, self.n_layers + 1):
+            x = getattr(self, f"layer{i}")(x)
+        return x.reshape(-1)
+
+
+def dcgan_init(module: nn.Module) -> None:
+    """The DCGAN paper's init: conv weights N(0, 0.02), BatchNorm weights N(1, 0.02), biases 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+def build_models(cfg: ModelConfig) -> tuple[Generator, Discriminator]:
+    """Fresh G and D; draws from torch's global RNG, so seed it first for reproducible weights."""
+    g, d = Generator(cfg), Discriminator(cfg)
+    if cfg.init == "dcgan":
+        dcgan_init(g)
+        dcgan_init(d)
+    elif cfg.init != "default":
+        raise UserError(f"model.init must be 'default' or 'dcgan', not {cfg.init!r}")
+    return g, d
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def normalize_state_dict_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip wrappers' prefixes (DataParallel/DDP 'module.', torch.compile '_orig_mod.')."""
+    out = {}
+    for key, value in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            while key.startswith(prefix):
+                key = key[len(prefix) :]
+        out[key] = value
+    return out
+
+
+def infer_model_config(state: dict[str, torch.Tensor]) -> ModelConfig:
+    """Recover a generator's ModelConfig from its weights alone (for a bare tutorial netG_NNN.pth)."""
+    state = normalize_state_dict_keys(state)
+    first = state.get("layer1.0.weight")
+    if first is None or first.dim() != 4:
+        raise UserError("not a generator state dict (no layer1.0.weight of a transposed convolution)")
+    z_dim, top = first.shape[0], first.shape[1]
+    n = 1
+    while f"layer{n + 1}.0.weight" in state:
+        n += 1
+    last = state[f"layer{n}.0.weight"]
+    factor = 3 if last.shape[-1] == 5 else 2
+    stages = n - 2
+    image_size = 4 * 2**stages * factor
+    ngf = top // 2**stages
+    arch = "seed" if factor == 3 else "dcgan64"
+    base = BASE_WIDTHS[arch][0]
+    return ModelConfig(arch=arch, image_size=image_size, z_dim=z_dim, width=ngf / base)

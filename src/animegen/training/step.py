@@ -1,0 +1,110 @@
+"""One GAN training iteration: the tutorial's D step then G step, with pluggable loss and autocast.
+
+With the "bce" loss this is the reference loop body operation for operation: D sees the real
+batch and the detached fake batch in two separate forward passes (so BatchNorm statistics match),
+the G step reuses the same fake batch, and each optimiser steps once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LossFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class GanLoss:
+    """Per-side losses on D's logits."""
+
+    d_real: LossFn
+    d_fake: LossFn
+    g: LossFn
+
+
+# Sigmoid then BCELoss, as the tutorial computes it, rather than BCE-with-logits: the two agree
+# mathematically, but Adam's first steps divide by |grad|, which turns their last-bit differences
+# into visible weight differences for near-zero gradients, and the seed preset must match exactly.
+def _bce_real(logits: torch.Tensor) -> torch.Tensor:
+    p = torch.sigmoid(logits)
+    return F.binary_cross_entropy(p, torch.ones_like(p))
+
+
+def _bce_fake(logits: torch.Tensor) -> torch.Tensor:
+    p = torch.sigmoid(logits)
+    return F.binary_cross_entropy(p, torch.zeros_like(p))
+
+
+LOSSES = {
+    # The tutorial's Sigmoid + BCELoss, with G maximising log D(G(z)) (the non-saturating form).
+    "bce": GanLoss(d_real=_bce_real, d_fake=_bce_fake, g=_bce_real),
+    # Hinge loss (Lim & Ye 2017; used by SAGAN/BigGAN).
+    "hinge": GanLoss(
+        d_real=lambda r: F.relu(1.0 - r).mean(),
+        d_fake=lambda f: F.relu(1.0 + f).mean(),
+        g=lambda f: -f.mean(),
+    ),
+}
+
+
+def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    if amp == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_step(
+    netG: nn.Module,
+    netD: nn.Module,
+    optG: torch.optim.Optimizer,
+    optD: torch.optim.Optimizer,
+    real: torch.Tensor,
+    noise: torch.Tensor,
+    loss: GanLoss,
+    amp: str = "off",
+) -> torch.Tensor:
+    """Update D then G once; returns [loss_D, loss_G, D(x), D(G(z))] as a detached device tensor.
+
+    Nothing here reads a value back to the host, so on a GPU the step runs without synchronising.
+    """
+    device = real.device
+    autocast = autocast_context(device, amp)
+
+    optD.zero_grad(set_to_none=True)
+    with autocast:
+        out_real = netD(real).float()
+    err_real = loss.d_real(out_real)
+    err_real.backward()
+    with autocast:
+        fake = netG(noise)
+        out_fake = netD(fake.detach()).float()
+    err_fake = loss.d_fake(out_fake)
+    err_fake.backward()
+    optD.step()
+
+    optG.zero_grad(set_to_none=True)
+    # D's weight gradients are not needed for G's update (the next D step clears them anyway).
+    netD.requires_grad_(False)
+    try:
+        with autocast:
+            out_g = netD(fake).float()
+        err_g = loss.g(out_g)
+        err_g.backward()
+    finally:
+        netD.requires_grad_(True)
+    optG.step()
+
+    with torch.no_grad():
+        return torch.stack(
+            [
+                (err_real + err_fake).detach(),
+                err_g.detach(),
+                torch.sigmoid(out_real).mean(),
+                torch.sigmoid(out_fake).mean(),
+            ]
+        )
