@@ -87,7 +87,9 @@ def test_seed_step_matches_transcribed_tutorial():
     assert_state_close(netG, refG)
     assert_state_close(netD, refD.d)
     # The step really moved the weights (guards against comparing two no-ops).
-    moved = max((netG.state_dict()[k] - before[k]).abs().max().item() for k in before if before[k].is_floating_point())
+    moved = max(
+        (netG.state_dict()[k] - before[k]).abs().max().item() for k in before if before[k].is_floating_point()
+    )
     assert moved > 1e-5
 
 

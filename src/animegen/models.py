@@ -62,10 +62,12 @@ class Generator(nn.Module):
                 nn.ReLU(inplace=True),
             )
         ]
-        for cin, cout in zip(hidden[:-1], hidden[1:]):
+        for cin, cout in zip(hidden[:-1], hidden[1:], strict=True):
             blocks.append(
                 nn.Sequential(
-                    nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+                    nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False),
+                    nn.BatchNorm2d(cout),
+                    nn.ReLU(inplace=True),
                 )
             )
         blocks.append(nn.Sequential(_outer(factor, True, hidden[-1], 3), nn.Tanh()))
@@ -98,10 +100,12 @@ class Discriminator(nn.Module):
             first.append(nn.BatchNorm2d(hidden[0]))
         first.append(nn.LeakyReLU(0.2, inplace=True))
         blocks: list[nn.Module] = [nn.Sequential(*first)]
-        for cin, cout in zip(hidden[:-1], hidden[1:]):
+        for cin, cout in zip(hidden[:-1], hidden[1:], strict=True):
             blocks.append(
                 nn.Sequential(
-                    nn.Conv2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True)
+                    nn.Conv2d(cin, cout, 4, 2, 1, bias=False),
+                    nn.BatchNorm2d(cout),
+                    nn.LeakyReLU(0.2, inplace=True),
                 )
             )
         blocks.append(nn.Sequential(nn.Conv2d(hidden[-1], 1, 4, 1, 0, bias=False)))

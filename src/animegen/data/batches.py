@@ -78,7 +78,9 @@ class BatchFeeder:
         perm = self.permutation(epoch)
         gb = self.batch_size * self.world_size
         for step in range(start, self.steps_per_epoch):
-            idx = perm[step * gb + self.rank * self.batch_size : step * gb + (self.rank + 1) * self.batch_size]
+            idx = perm[
+                step * gb + self.rank * self.batch_size : step * gb + (self.rank + 1) * self.batch_size
+            ]
             yield self.batch(idx, epoch, step)
 
     def batch(self, idx: torch.Tensor, epoch: int, step: int) -> torch.Tensor:

@@ -142,7 +142,9 @@ def load_folder(
     except DataError as e:
         raise UserError(str(e)) from None
     if not files:
-        raise UserError(f"{root_path}: no image files found (looked for .jpg .jpeg .png .webp .bmp .gif, recursively)")
+        raise UserError(
+            f"{root_path}: no image files found (looked for .jpg .jpeg .png .webp .bmp .gif, recursively)"
+        )
     key = folder_key(root_path.resolve(), files, image_size)
     entry = Path(cache_root or default_cache_root()) / f"{key}-{image_size}px"
     opened = _open_entry(entry, key)

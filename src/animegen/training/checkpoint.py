@@ -37,7 +37,7 @@ def _digest(meta_json: str, tensors: dict[str, torch.Tensor]) -> str:
     for key in sorted(tensors):
         t = tensors[key].detach().cpu().contiguous()
         h.update(key.encode() + b"\0" + str(t.dtype).encode() + str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).reshape(-1).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -82,7 +82,9 @@ def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], m
     write_atomic(Path(path), data)
 
 
-def read_checkpoint(path: str | os.PathLike, verify: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def read_checkpoint(
+    path: str | os.PathLike, verify: bool = True
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(tensors, meta); raises CheckpointError naming the file when it is damaged or not ours."""
     path = Path(path)
     try:
@@ -99,7 +101,11 @@ def read_checkpoint(path: str | os.PathLike, verify: bool = True) -> tuple[dict[
         file_meta = header.get("__metadata__") or {}
         tensors = st_load(data)
     except (SafetensorError, ValueError, UnicodeDecodeError, AttributeError) as e:
-        reason = "truncated" if isinstance(e, ValueError) and "range" in str(e) else "not a readable safetensors file"
+        reason = (
+            "truncated"
+            if isinstance(e, ValueError) and "range" in str(e)
+            else "not a readable safetensors file"
+        )
         raise CheckpointError(f"{path}: checkpoint is damaged ({reason})") from None
     meta_json = file_meta.get("animegen")
     if meta_json is None:
@@ -204,7 +210,9 @@ def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             tensors[f"rng.cuda.{i}"] = s
     py = random.getstate()
     np_state = np.random.get_state()
-    tensors["rng.numpy_keys"] = torch.from_numpy(np.asarray(np_state[1], dtype=np.uint32).view(np.int32).copy())
+    tensors["rng.numpy_keys"] = torch.from_numpy(
+        np.asarray(np_state[1], dtype=np.uint32).view(np.int32).copy()
+    )
     meta = {
         "python": [py[0], list(py[1]), py[2]],
         "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],

@@ -1,0 +1,326 @@
+"""The `animegen` command line: arguments -> config -> the Python API. No training logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from animegen import __version__
+from animegen.errors import UserError
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other bad input
+        self.exit(EXIT_USAGE, f"animegen: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data", metavar="DIR", help="folder of images, searched recursively (default: built-in demo faces)"
+    )
+    p.add_argument("--preset", help="seed, default, demo or dcgan64 (default: default, or the config file's)")
+    p.add_argument(
+        "--config", metavar="FILE", help="YAML or TOML file with [model] [data] [optim] [train] sections"
+    )
+    p.add_argument(
+        "--set",
+        metavar="SECTION.KEY=VALUE",
+        action="append",
+        default=[],
+        help="override any config value, e.g. --set optim.lr_g=1e-4 (repeatable)",
+    )
+    p.add_argument("--epochs", type=int, help="total epochs (a resumed run continues up to this number)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--image-size", type=int, help="64, 96 or 128 (also 16-48 and 192)")
+    p.add_argument("--seed", type=int, help="makes a CPU run deterministic")
+    p.add_argument("--limit", type=int, metavar="N", help="use only the first N images (sorted by path)")
+    p.add_argument(
+        "--hflip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips"
+    )
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--amp", choices=["off", "bf16"], help="bf16 autocast for the forward passes")
+    p.add_argument("--max-steps", type=int, metavar="N", help="stop after N iterations in total (quick runs)")
+    p.add_argument("--checkpoint-every", type=int, metavar="N", help="also checkpoint every N iterations")
+    p.add_argument(
+        "--workers", type=int, metavar="N", help="decode threads for the first pass over the folder"
+    )
+    p.add_argument(
+        "--cache-dir", metavar="DIR", help="where decoded images are cached (default ~/.cache/animegen)"
+    )
+    p.add_argument("--run-dir", metavar="DIR", help="default: runs/<name>, numbered if it exists")
+    p.add_argument("--name", help="run name (default: the preset's)")
+    p.add_argument("--quiet", action="store_true", help="only warnings and errors")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "data.path": args.data,
+        "data.limit": args.limit,
+        "data.hflip": args.hflip,
+        "data.workers": args.workers,
+        "data.cache_dir": args.cache_dir,
+        "train.epochs": args.epochs,
+        "train.batch_size": args.batch_size,
+        "train.seed": args.seed,
+        "train.device": args.device,
+        "train.amp": args.amp,
+        "train.max_steps": args.max_steps,
+        "train.checkpoint_every": args.checkpoint_every,
+        "model.image_size": args.image_size,
+        "run.name": args.name,
+    }
+
+
+def _free_run_dir(name: str) -> Path:
+    base = Path("runs") / name
+    if not base.exists() or not any(base.iterdir()):
+        return base
+    i = 2
+    while (Path("runs") / f"{name}-{i}").exists():
+        i += 1
+    return Path("runs") / f"{name}-{i}"
+
+
+def _train(args: argparse.Namespace, demo: bool = False) -> int:
+    from animegen.config import Config, build_config, set_value
+    from animegen.training import checkpoint as ckpt
+    from animegen.training.loop import Trainer, TrainingInterrupted
+    from animegen.training.progress import Reporter
+
+    reporter = Reporter(quiet=args.quiet)
+    resume_path = None
+    if getattr(args, "resume", None) is not None:
+        run_dir = Path(args.resume if args.resume != "" else (args.run_dir or ""))
+        if not str(run_dir):
+            raise UserError("--resume needs a run dir: --resume RUN_DIR (or --run-dir RUN_DIR --resume)")
+        if run_dir.is_file():
+            resume_path, run_dir = run_dir, run_dir.parent.parent
+        else:
+            if not (run_dir / "checkpoints").is_dir():
+                raise UserError(f"{run_dir}: not a run dir (no checkpoints/ folder)")
+            resume_path, notes = ckpt.latest_good_checkpoint(run_dir / "checkpoints")
+            for note in notes:
+                reporter.warn(f"skipping damaged checkpoint: {note}")
+        _, meta = ckpt.read_checkpoint(resume_path)
+        cfg = Config.from_dict(meta.get("config", {}))
+        for item in args.set:
+            from animegen.config import parse_override
+
+            key, value = parse_override(item)
+            set_value(cfg, key, value, "--set")
+        for key, value in _overrides(args).items():
+            if value is not None:
+                set_value(cfg, key, value, "command line")
+        cfg.validate()
+    else:
+        cfg = build_config(args.preset or ("demo" if demo else None), args.config, _overrides(args), args.set)
+        if args.name is None and cfg.run.name == "run":
+            cfg.run.name = cfg.preset
+        if args.run_dir:
+            run_dir = Path(args.run_dir)
+            if ckpt.list_checkpoints(run_dir / "checkpoints"):
+                raise UserError(
+                    f"{run_dir}: already holds a run; continue it with --resume {run_dir}, "
+                    "or choose another --run-dir"
+                )
+        else:
+            run_dir = _free_run_dir(cfg.run.name)
+        if cfg.data.path is None and not demo:
+            reporter.info(
+                "no --data given: training on the built-in procedural demo faces "
+                f"({cfg.data.demo_count:,} images); pass --data DIR to use your own folder"
+            )
+    cfg.run.run_dir = str(run_dir)
+    trainer = Trainer(cfg, run_dir, reporter, resume_from=resume_path)
+    started = time.perf_counter()
+    trainer.prepare()
+    try:
+        result = trainer.run()
+    except TrainingInterrupted:
+        return EXIT_INTERRUPTED
+    elapsed = time.perf_counter() - started
+    if demo:
+        from animegen.generate import load_generator, write_grid, write_interpolation
+
+        gen = load_generator(result["checkpoint"])
+        grid = write_grid(gen, 64, run_dir / "demo_grid.png", nrow=8, seed=0)
+        gif = write_interpolation(gen, run_dir / "walk.gif", steps=48, seed=0, scale=2)
+        print(f"demo finished in {elapsed / 60:.1f} min")
+        print(f"  samples per epoch: {run_dir / 'samples'}")
+        print(f"  final grid:        {grid}")
+        print(f"  interpolation:     {gif}")
+        print(f"  checkpoint:        {result['checkpoint']}")
+        print(f"next: animegen generate {run_dir} -n 64 --grid faces.png")
+    else:
+        print(
+            f"done in {elapsed / 60:.1f} min; checkpoint {result['checkpoint']}; "
+            f"samples in {run_dir / 'samples'}"
+        )
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from animegen.generate import load_generator, write_files, write_grid
+
+    if args.n < 1:
+        raise UserError("-n must be at least 1")
+    if not args.grid and not args.outdir:
+        args.grid = "samples.png"
+    gen = load_generator(args.checkpoint, device=_device(args.device))
+    for note in gen.info.get("notes", []):
+        print(f"warning: skipped damaged checkpoint: {note}", file=sys.stderr)
+    if args.grid:
+        path = write_grid(gen, args.n, args.grid, nrow=args.nrow, seed=args.seed, bn_mode=args.bn)
+        print(f"wrote {args.n} faces to {path}")
+    if args.outdir:
+        paths = write_files(gen, args.n, args.outdir, seed=args.seed, bn_mode=args.bn)
+        print(f"wrote {len(paths)} files to {args.outdir}")
+    return 0
+
+
+def _interpolate(args: argparse.Namespace) -> int:
+    from animegen.generate import load_generator, write_interpolation
+
+    gen = load_generator(args.checkpoint, device=_device(args.device))
+    out = write_interpolation(
+        gen,
+        args.out,
+        steps=args.steps,
+        seed=args.seed,
+        keyframes=args.keyframes,
+        fps=args.fps,
+        bn_mode=args.bn,
+        scale=args.scale,
+    )
+    print(f"wrote {args.steps} frames to {out}")
+    return 0
+
+
+def _device(name: str | None) -> str:
+    from animegen.training.loop import resolve_device
+
+    return str(resolve_device(name or "auto"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="animegen",
+        description="Train a DCGAN on a folder of anime faces and generate new ones.",
+        epilog="examples:\n  animegen demo\n  animegen train --data faces/ --epochs 25\n"
+        "  animegen generate runs/default -n 64 --grid faces.png",
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"animegen {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser(
+        "train",
+        help="train a GAN on a folder of images",
+        formatter_class=_Formatter,
+        description="Train a GAN. Without --data it trains on the built-in demo faces.",
+        epilog="examples:\n  animegen train --data faces/ --preset seed\n"
+        "  animegen train --data faces/ --limit 2000 --epochs 5 --run-dir runs/quick\n"
+        "  animegen train --resume runs/quick --epochs 10",
+    )
+    _add_train_flags(p)
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        metavar="RUN_DIR",
+        help="continue a run exactly where its newest checkpoint left off",
+    )
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser(
+        "demo",
+        help="train a small model on built-in procedural faces (minutes on a CPU)",
+        formatter_class=_Formatter,
+        description="Draw 5,000 procedural anime faces, train a small 64 px DCGAN on them, "
+        "and write sample grids, an interpolation GIF and a checkpoint.",
+        epilog="example:\n  animegen demo\n  animegen demo --epochs 2 --run-dir runs/tiny-demo",
+    )
+    _add_train_flags(p)
+    p.set_defaults(func=lambda a: _train(a, demo=True))
+
+    p = sub.add_parser(
+        "generate",
+        help="sample faces from a checkpoint",
+        formatter_class=_Formatter,
+        description="CKPT is a checkpoint file, a run dir (its newest checkpoint) or a tutorial "
+        "netG_NNN.pth.",
+        epilog="examples:\n  animegen generate runs/default -n 64 --grid faces.png\n"
+        "  animegen generate runs/default -n 1000 --outdir faces/ --seed 7",
+    )
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("-n", type=int, default=64, help="number of faces")
+    p.add_argument(
+        "--grid", metavar="PNG", help="write one grid picture (default samples.png if no --outdir)"
+    )
+    p.add_argument("--nrow", type=int, default=8, help="faces per grid row")
+    p.add_argument("--outdir", metavar="DIR", help="write one PNG per face")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same faces")
+    p.add_argument(
+        "--bn",
+        choices=["batch", "eval"],
+        default="batch",
+        help="BatchNorm statistics at sampling time (see README)",
+    )
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser(
+        "interpolate",
+        help="animate a walk through latent space",
+        formatter_class=_Formatter,
+        epilog="example:\n  animegen interpolate runs/default --steps 60 --out walk.gif",
+    )
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("--steps", type=int, default=60, help="frames in the loop")
+    p.add_argument("--keyframes", type=int, default=4, help="random latents the walk passes through")
+    p.add_argument("--out", default="walk.gif", help=".gif (Pillow) or .mp4 (needs imageio-ffmpeg)")
+    p.add_argument("--fps", type=int, default=15)
+    p.add_argument("--scale", type=int, default=1, help="enlarge frames by this integer factor")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bn", choices=["batch", "eval"], default="batch")
+    p.add_argument("--device")
+    p.set_defaults(func=_interpolate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except UserError as e:
+        print(f"animegen: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("animegen: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 - a runtime failure still gets one line, the trace on request
+        if os.environ.get("ANIMEGEN_DEBUG"):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(
+            f"animegen: failed: {type(e).__name__}: {first} (set ANIMEGEN_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE

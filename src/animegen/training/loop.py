@@ -1,0 +1,397 @@
+"""The training run: data, models, optimisers, the epoch loop, samples, logs and checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from animegen.config import Config
+from animegen.data.batches import BatchFeeder, derived_seed
+from animegen.data.cache import ImageSet, load_demo, load_folder
+from animegen.errors import CheckpointError, UserError
+from animegen.models import build_models
+from animegen.training import checkpoint as ckpt
+from animegen.training.progress import Reporter
+from animegen.training.step import LOSSES, train_step
+from animegen.visual import save_grid
+
+
+def resolve_device(name: str) -> torch.device:
+    if name in ("auto", ""):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device (use auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise UserError(f"--device {name}: MPS is not available on this machine")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def fixed_noise(count: int, z_dim: int, seed: int) -> torch.Tensor:
+    """The noise behind every epoch's sample grid: drawn on the CPU so it is the same on any device."""
+    g = torch.Generator().manual_seed(derived_seed(seed, 3))
+    return torch.randn(count, z_dim, 1, 1, generator=g)
+
+
+def load_images(cfg: Config, progress=None) -> ImageSet:
+    d = cfg.data
+    if d.path is None:
+        return load_demo(d.demo_count, cfg.model.image_size, seed=0, cache_root=d.cache_dir)
+    return load_folder(
+        d.path,
+        cfg.model.image_size,
+        cache_root=d.cache_dir,
+        limit=d.limit,
+        workers=d.workers,
+        progress=progress,
+    )
+
+
+@dataclass
+class Position:
+    """Where the run stands: the next batch to train is `step` of `epoch` (both 0-based)."""
+
+    epoch: int = 0
+    step: int = 0
+    iteration: int = 0
+
+
+class Trainer:
+    """Owns one run directory. `run()` trains until cfg.train.epochs (or max_steps) are done."""
+
+    def __init__(self, cfg: Config, run_dir: Path, reporter: Reporter, resume_from: Path | None = None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.reporter = reporter
+        self.device = resolve_device(cfg.train.device)
+        if cfg.train.threads > 0:
+            torch.set_num_threads(cfg.train.threads)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.samples_dir = self.run_dir / "samples"
+        self.log_path = self.run_dir / "log.jsonl"
+        self.pos = Position()
+        self.wall_offset = 0.0
+        self._interrupted = False
+        self._t_start = time.perf_counter()
+
+        seed_everything(cfg.train.seed)
+        self.netG, self.netD = build_models(cfg.model)
+        self.netG.to(self.device)
+        self.netD.to(self.device)
+        if cfg.train.channels_last:
+            self.netG.to(memory_format=torch.channels_last)
+            self.netD.to(memory_format=torch.channels_last)
+        o = cfg.optim
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        self.optG = torch.optim.Adam(self.netG.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2), **fused)
+        self.optD = torch.optim.Adam(self.netD.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2), **fused)
+        self.loss = LOSSES[o.loss]
+        self.fixed_noise = fixed_noise(cfg.train.sample_count, cfg.model.z_dim, cfg.train.seed).to(
+            self.device
+        )
+        self.resume_from = resume_from
+        self.images: ImageSet | None = None
+
+    # ---- setup ----------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        self._check_run_dir()
+        self.images = load_images(self.cfg, progress=self.reporter.decode_progress)
+        self.reporter.data_summary(self.images)
+        if len(self.images) < self.cfg.train.batch_size:
+            raise UserError(
+                f"{self.images.source}: {len(self.images)} usable images, fewer than one batch of "
+                f"{self.cfg.train.batch_size} (lower --batch-size)"
+            )
+        self.feeder = BatchFeeder(
+            self.images.images,
+            self.cfg.train.batch_size,
+            self.device,
+            seed=self.cfg.train.seed,
+            hflip=self.cfg.data.hflip,
+            channels_last=self.cfg.train.channels_last,
+        )
+        if self.resume_from is not None:
+            self._restore(self.resume_from)
+        (self.run_dir / "config.json").write_text(self.cfg.to_json() + "\n")
+
+    def _check_run_dir(self) -> None:
+        """Fail before any training if the run dir can't take a checkpoint."""
+        try:
+            for d in (self.run_dir, self.ckpt_dir, self.samples_dir):
+                d.mkdir(parents=True, exist_ok=True)
+            probe = self.run_dir / f".write-probe-{os.getpid()}"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as e:
+            raise UserError(f"{self.run_dir}: run directory is not writable ({e.strerror or e})") from None
+        need = self._checkpoint_bytes() * 2
+        free = shutil.disk_usage(self.run_dir).free
+        if free < need:
+            raise UserError(
+                f"{self.run_dir}: only {free / 2**20:.0f} MiB free, "
+                f"a checkpoint needs about {need / 2**20:.0f} MiB"
+            )
+
+    def _checkpoint_bytes(self) -> int:
+        params = sum(p.numel() for p in self.netG.parameters()) + sum(
+            p.numel() for p in self.netD.parameters()
+        )
+        return params * 4 * 3 + (1 << 20)  # weights + two Adam moments, fp32
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors: dict[str, torch.Tensor] = {}
+        tensors.update(ckpt.pack_state_dict("G", self.netG.state_dict()))
+        tensors.update(ckpt.pack_state_dict("D", self.netD.state_dict()))
+        tg, mg = ckpt.pack_optimizer("optG", self.optG)
+        td, md = ckpt.pack_optimizer("optD", self.optD)
+        tr, mr = ckpt.capture_rng()
+        tensors.update(tg)
+        tensors.update(td)
+        tensors.update(tr)
+        meta = {
+            "kind": "training",
+            "config": self.cfg.to_dict(),
+            "epoch": self.pos.epoch,
+            "step": self.pos.step,
+            "iteration": self.pos.iteration,
+            "epochs_done": self.pos.epoch + (1 if self.pos.step >= len(self.feeder) else 0),
+            "steps_per_epoch": len(self.feeder),
+            "data_key": self.images.key if self.images else None,
+            "data_count": len(self.images) if self.images else 0,
+            "wall_time": self.wall_offset + (time.perf_counter() - self._t_start),
+            "optG": mg,
+            "optD": md,
+            "rng": mr,
+        }
+        return tensors, meta
+
+    def save_checkpoint(self) -> Path:
+        tensors, meta = self.state()
+        path = self.ckpt_dir / ckpt.checkpoint_name(meta["epochs_done"], self.pos.iteration)
+        try:
+            ckpt.save_checkpoint(path, tensors, meta)
+        except OSError as e:
+            kept = ckpt.list_checkpoints(self.ckpt_dir)
+            previous = f"; the previous checkpoint {kept[-1].name} is intact" if kept else ""
+            raise UserError(f"{path}: checkpoint write failed ({e.strerror or e}){previous}") from None
+        ckpt.prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_checkpoints)
+        return path
+
+    def _restore(self, path: Path) -> None:
+        tensors, meta = ckpt.read_checkpoint(path)
+        if meta.get("kind") != "training":
+            raise CheckpointError(f"{path}: holds only a generator; training cannot resume from it")
+        try:
+            self.netG.load_state_dict(ckpt.unpack_state_dict("G", tensors))
+            self.netD.load_state_dict(ckpt.unpack_state_dict("D", tensors))
+            self.optG.load_state_dict(ckpt.unpack_optimizer("optG", tensors, meta["optG"]))
+            self.optD.load_state_dict(ckpt.unpack_optimizer("optD", tensors, meta["optD"]))
+        except (RuntimeError, KeyError, ValueError) as e:
+            first = str(e).strip().splitlines()[0]
+            raise CheckpointError(f"{path}: does not fit this configuration ({first})") from None
+        ckpt.restore_rng(tensors, meta.get("rng", {}))
+        self.pos = Position(meta["epoch"], meta["step"], meta["iteration"])
+        if self.pos.step >= len(self.feeder):
+            self.pos = Position(self.pos.epoch + 1, 0, self.pos.iteration)
+        self.wall_offset = float(meta.get("wall_time", 0.0))
+        if self.images is not None and meta.get("data_key") not in (None, self.images.key):
+            self.reporter.warn(
+                f"the data changed since {path.name} was written ({meta.get('data_count')} -> "
+                f"{len(self.images)} images); resuming on the current contents, so the run is no longer exact"
+            )
+        self._truncate_log(self.pos.iteration)
+        self.reporter.info(
+            f"resumed from {path} at epoch {self.pos.epoch + 1}, iteration {self.pos.iteration}"
+        )
+
+    def _truncate_log(self, iteration: int) -> None:
+        """Drop log rows written after the checkpoint, so a resumed log reads like one run."""
+        if not self.log_path.exists():
+            return
+        kept = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                if json.loads(line).get("iteration", 0) <= iteration:
+                    kept.append(line)
+            except ValueError:
+                continue
+        ckpt.write_atomic(self.log_path, ("\n".join(kept) + "\n").encode() if kept else b"")
+
+    # ---- samples and logs -----------------------------------------------------------------------
+
+    def write_samples(self, epoch_number: int) -> Path:
+        from animegen.generate import sample_images
+
+        images = sample_images(self.netG, self.fixed_noise, bn_mode="batch")
+        path = self.samples_dir / f"epoch_{epoch_number:03d}.png"
+        save_grid(images, path, nrow=int(math.sqrt(len(images))) or 1)
+        return path
+
+    def _log(self, row: dict[str, Any]) -> None:
+        with open(self.log_path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    # ---- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        self._t_start = time.perf_counter()
+        t = self.cfg.train
+        total_epochs = t.epochs
+        steps = len(self.feeder)
+        total_iters = total_epochs * steps if t.max_steps is None else min(t.max_steps, total_epochs * steps)
+        last_ckpt: Path | None = None
+        summary: dict[str, Any] = {}
+        with self._stop_signals():
+            while (
+                self.pos.epoch < total_epochs and self.pos.iteration < total_iters and not self._interrupted
+            ):
+                summary = self._run_epoch(total_epochs, total_iters)
+                if self.pos.step >= steps:
+                    sample_path = self.write_samples(self.pos.epoch + 1)
+                    last_ckpt = self.save_checkpoint()
+                    self.reporter.epoch_done(
+                        self.pos.epoch + 1, total_epochs, summary, sample_path, last_ckpt
+                    )
+                    self.pos = Position(self.pos.epoch + 1, 0, self.pos.iteration)
+            if self.pos.step != 0 or last_ckpt is None:
+                # Stopped mid-epoch (max_steps, Ctrl-C) or nothing left to do: keep the exact position.
+                if not self._interrupted:
+                    self.write_samples(self.pos.epoch + 1)
+                last_ckpt = self.save_checkpoint()
+        if self._interrupted:
+            self.reporter.info(
+                f"interrupted: saved {last_ckpt}; continue with: animegen train --resume {self.run_dir}"
+            )
+            raise TrainingInterrupted(str(last_ckpt))
+        return {"checkpoint": last_ckpt, "position": self.pos, **summary}
+
+    @contextlib.contextmanager
+    def _stop_signals(self):
+        """Ctrl-C or SIGTERM: finish the step, checkpoint, stop. A second Ctrl-C stops at once."""
+
+        def first(signum, frame):
+            if self._interrupted and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self._interrupted = True
+            self.reporter.info(
+                "stopping after this step (Ctrl-C again to stop at once, without a checkpoint)"
+            )
+
+        previous = {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, first)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _run_epoch(self, total_epochs: int, total_iters: int) -> dict[str, Any]:
+        t = self.cfg.train
+        steps = len(self.feeder)
+        epoch = self.pos.epoch
+        self.netG.train()
+        self.netD.train()
+        z_dim = self.cfg.model.z_dim
+        noise_gen = torch.Generator(device=self.device) if self.device.type != "mps" else torch.Generator()
+        seen = 0
+        t0 = time.perf_counter()
+        stats_sum = torch.zeros(4, device=self.device)
+        stats_n = 0
+        epoch_stats = torch.zeros(4, device=self.device)
+        epoch_n = 0
+        last: dict[str, float] = {}
+        bar = self.reporter.epoch_bar(epoch + 1, total_epochs, steps, start=self.pos.step)
+        with bar:
+            for real in self.feeder.epoch(epoch, start=self.pos.step):
+                # Noise is a pure function of (seed, iteration): exact on resume, no state to carry.
+                noise_gen.manual_seed(derived_seed(t.seed, 4, self.pos.iteration))
+                noise = torch.randn(real.shape[0], z_dim, 1, 1, device=noise_gen.device, generator=noise_gen)
+                noise = noise.to(self.device)
+                if t.channels_last:
+                    noise = noise.contiguous(memory_format=torch.channels_last)
+                stats = train_step(self.netG, self.netD, self.optG, self.optD, real, noise, self.loss, t.amp)
+                stats_sum += stats
+                stats_n += 1
+                seen += real.shape[0]
+                self.pos.step += 1
+                self.pos.iteration += 1
+                if stats_n >= t.log_every or self.pos.step >= steps or self.pos.iteration >= total_iters:
+                    values = (stats_sum / stats_n).tolist()  # the only host sync, every log_every steps
+                    if not all(math.isfinite(v) for v in values):
+                        raise UserError(
+                            f"training diverged at iteration {self.pos.iteration} (loss is not finite); "
+                            f"resume from the last checkpoint with a lower learning rate"
+                        )
+                    epoch_stats += stats_sum
+                    epoch_n += stats_n
+                    elapsed = time.perf_counter() - t0
+                    last = {
+                        "loss_D": values[0],
+                        "loss_G": values[1],
+                        "D_x": values[2],
+                        "D_G_z": values[3],
+                        "images_per_s": seen / elapsed if elapsed > 0 else 0.0,
+                    }
+                    self._log(
+                        {
+                            "iteration": self.pos.iteration,
+                            "epoch": epoch + 1,
+                            "step": self.pos.step,
+                            **{k: round(v, 6) for k, v in last.items()},
+                            "wall_time": round(self.wall_offset + time.perf_counter() - self._t_start, 3),
+                        }
+                    )
+                    stats_sum.zero_()
+                    stats_n = 0
+                bar.advance(last)
+                if (
+                    t.checkpoint_every
+                    and self.pos.iteration % t.checkpoint_every == 0
+                    and self.pos.step < steps
+                ):
+                    self.save_checkpoint()
+                if self.pos.iteration >= total_iters or self._interrupted:
+                    break
+        if epoch_n:
+            means = (epoch_stats / epoch_n).tolist()
+            last.update(loss_D=means[0], loss_G=means[1], D_x=means[2], D_G_z=means[3])
+        last["seconds"] = time.perf_counter() - t0
+        return last
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal after saving a checkpoint (its path is the message)."""
