@@ -61,6 +61,13 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--run-dir", metavar="DIR", help="default: runs/<name>, numbered if it exists")
     p.add_argument("--name", help="run name (default: the preset's)")
+    p.add_argument("--nproc", type=int, metavar="N", help="train with N processes under torchrun (DDP)")
+    p.add_argument(
+        "--sync-bn",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="synchronise BatchNorm across processes",
+    )
     p.add_argument("--quiet", action="store_true", help="only warnings and errors")
 
 
@@ -78,6 +85,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
         "train.amp": args.amp,
         "train.max_steps": args.max_steps,
         "train.checkpoint_every": args.checkpoint_every,
+        "train.sync_bn": args.sync_bn,
         "model.image_size": args.image_size,
         "run.name": args.name,
     }
@@ -93,13 +101,38 @@ def _free_run_dir(name: str) -> Path:
     return Path("runs") / f"{name}-{i}"
 
 
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
 def _train(args: argparse.Namespace, demo: bool = False) -> int:
+    from animegen.training import distributed
+
+    info = distributed.from_env()
+    if args.nproc and args.nproc > 1 and not info.enabled:
+        return distributed.launch(args.nproc, _without_nproc(args.argv))
+    try:
+        return _train_process(args, demo, info)
+    finally:
+        distributed.shutdown()
+
+
+def _train_process(args: argparse.Namespace, demo: bool, info) -> int:
     from animegen.config import Config, build_config, set_value
     from animegen.training import checkpoint as ckpt
     from animegen.training.loop import Trainer, TrainingInterrupted
     from animegen.training.progress import Reporter
 
-    reporter = Reporter(quiet=args.quiet)
+    # Only rank 0 talks; the others would repeat every line.
+    reporter = Reporter(quiet=args.quiet or not info.is_main)
     resume_path = None
     if getattr(args, "resume", None) is not None:
         run_dir = Path(args.resume if args.resume != "" else (args.run_dir or ""))
@@ -130,11 +163,13 @@ def _train(args: argparse.Namespace, demo: bool = False) -> int:
             cfg.run.name = cfg.preset
         if args.run_dir:
             run_dir = Path(args.run_dir)
-            if ckpt.list_checkpoints(run_dir / "checkpoints"):
+            if info.is_main and ckpt.list_checkpoints(run_dir / "checkpoints"):
                 raise UserError(
                     f"{run_dir}: already holds a run; continue it with --resume {run_dir}, "
                     "or choose another --run-dir"
                 )
+        elif info.enabled:
+            raise UserError("multi-process runs need an explicit --run-dir (every process must agree on it)")
         else:
             run_dir = _free_run_dir(cfg.run.name)
         if cfg.data.path is None and not demo:
@@ -151,6 +186,8 @@ def _train(args: argparse.Namespace, demo: bool = False) -> int:
     except TrainingInterrupted:
         return EXIT_INTERRUPTED
     elapsed = time.perf_counter() - started
+    if not info.is_main:
+        return 0
     if demo:
         from animegen.generate import load_generator, write_grid, write_interpolation
 
@@ -307,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     func: Callable[[argparse.Namespace], int] = args.func
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return func(args)
     except UserError as e:

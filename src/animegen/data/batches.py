@@ -95,8 +95,11 @@ class BatchFeeder:
             raw = raw.to(self.device, non_blocking=True)
         x = raw.float().div_(127.5).sub_(1.0)
         if self.hflip:
-            g = torch.Generator().manual_seed(derived_seed(self.seed, 2, epoch, step, self.rank))
-            flip = (torch.rand(len(idx), generator=g) < 0.5).to(self.device)
+            # Drawn for the global batch and sliced, so N ranks flip exactly what one process would.
+            g = torch.Generator().manual_seed(derived_seed(self.seed, 2, epoch, step))
+            lo = self.rank * self.batch_size
+            flip = (torch.rand(self.batch_size * self.world_size, generator=g) < 0.5)[lo : lo + len(idx)]
+            flip = flip.to(self.device)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

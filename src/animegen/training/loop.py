@@ -23,6 +23,7 @@ from animegen.data.cache import ImageSet, load_demo, load_folder
 from animegen.errors import CheckpointError, UserError
 from animegen.models import build_models
 from animegen.training import checkpoint as ckpt
+from animegen.training import distributed
 from animegen.training.progress import Reporter
 from animegen.training.step import LOSSES, train_step
 from animegen.visual import save_grid
@@ -90,7 +91,13 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.reporter = reporter
-        self.device = resolve_device(cfg.train.device)
+        self.dist = distributed.from_env()
+        self.device = distributed.init(self.dist, resolve_device(cfg.train.device))
+        if cfg.train.batch_size % self.dist.world_size:
+            raise UserError(
+                f"--batch-size {cfg.train.batch_size} must divide evenly over {self.dist.world_size} ranks"
+            )
+        self.local_batch = cfg.train.batch_size // self.dist.world_size
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -108,6 +115,12 @@ class Trainer:
         if cfg.train.channels_last:
             self.netG.to(memory_format=torch.channels_last)
             self.netD.to(memory_format=torch.channels_last)
+        if cfg.train.sync_bn and self.dist.enabled:
+            distributed.convert_sync_batchnorm(self.netG, self.device)
+            distributed.convert_sync_batchnorm(self.netD, self.device)
+        # The DDP wrappers train; the bare modules are what checkpoints and samples see.
+        self.G = distributed.wrap(self.netG, self.dist, self.device)
+        self.D = distributed.wrap(self.netD, self.dist, self.device)
         o = cfg.optim
         fused = {"fused": True} if self.device.type == "cuda" else {}
         self.optG = torch.optim.Adam(self.netG.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2), **fused)
@@ -122,8 +135,13 @@ class Trainer:
     # ---- setup ----------------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        self._check_run_dir()
-        self.images = load_images(self.cfg, progress=self.reporter.decode_progress)
+        if self.dist.is_main:
+            self._check_run_dir()
+            self.images = load_images(self.cfg, progress=self.reporter.decode_progress)
+        # The other ranks wait for rank 0 to fill the cache, then read it.
+        distributed.barrier(self.dist)
+        if not self.dist.is_main:
+            self.images = load_images(self.cfg)
         self.reporter.data_summary(self.images)
         if len(self.images) < self.cfg.train.batch_size:
             raise UserError(
@@ -132,15 +150,18 @@ class Trainer:
             )
         self.feeder = BatchFeeder(
             self.images.images,
-            self.cfg.train.batch_size,
+            self.local_batch,
             self.device,
             seed=self.cfg.train.seed,
             hflip=self.cfg.data.hflip,
             channels_last=self.cfg.train.channels_last,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
         )
         if self.resume_from is not None:
             self._restore(self.resume_from)
-        (self.run_dir / "config.json").write_text(self.cfg.to_json() + "\n")
+        if self.dist.is_main:
+            (self.run_dir / "config.json").write_text(self.cfg.to_json() + "\n")
 
     def _check_run_dir(self) -> None:
         """Fail before any training if the run dir can't take a checkpoint."""
@@ -198,6 +219,8 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         tensors, meta = self.state()
         path = self.ckpt_dir / ckpt.checkpoint_name(meta["epochs_done"], self.pos.iteration)
+        if not self.dist.is_main:
+            return path
         try:
             ckpt.save_checkpoint(path, tensors, meta)
         except OSError as e:
@@ -229,7 +252,8 @@ class Trainer:
                 f"the data changed since {path.name} was written ({meta.get('data_count')} -> "
                 f"{len(self.images)} images); resuming on the current contents, so the run is no longer exact"
             )
-        self._truncate_log(self.pos.iteration)
+        if self.dist.is_main:
+            self._truncate_log(self.pos.iteration)
         self.reporter.info(
             f"resumed from {path} at epoch {self.pos.epoch + 1}, iteration {self.pos.iteration}"
         )
@@ -251,13 +275,23 @@ class Trainer:
 
     def write_samples(self, epoch_number: int) -> Path:
         from animegen.generate import sample_images
+        from animegen.models import Generator
 
-        images = sample_images(self.netG, self.fixed_noise, bn_mode="batch")
         path = self.samples_dir / f"epoch_{epoch_number:03d}.png"
+        if not self.dist.is_main:
+            return path
+        net: torch.nn.Module = self.netG
+        if self.dist.enabled:
+            # Synchronised BatchNorm would wait for the other ranks: sample from a plain copy.
+            net = Generator(self.cfg.model).to(self.device)
+            net.load_state_dict(self.netG.state_dict())
+        images = sample_images(net, self.fixed_noise, bn_mode="batch")
         save_grid(images, path, nrow=int(math.sqrt(len(images))) or 1)
         return path
 
     def _log(self, row: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
         with open(self.log_path, "a") as fh:
             fh.write(json.dumps(row) + "\n")
 
@@ -338,19 +372,25 @@ class Trainer:
         with bar:
             for real in self.feeder.epoch(epoch, start=self.pos.step):
                 # Noise is a pure function of (seed, iteration): exact on resume, no state to carry.
+                # Each rank takes its slice of the global batch's noise, so N processes see the
+                # same noise as one process with the whole batch.
                 noise_gen.manual_seed(derived_seed(t.seed, 4, self.pos.iteration))
-                noise = torch.randn(real.shape[0], z_dim, 1, 1, device=noise_gen.device, generator=noise_gen)
-                noise = noise.to(self.device)
+                noise = torch.randn(t.batch_size, z_dim, 1, 1, device=noise_gen.device, generator=noise_gen)
+                lo = self.dist.rank * self.local_batch
+                noise = noise[lo : lo + self.local_batch].to(self.device)
                 if t.channels_last:
                     noise = noise.contiguous(memory_format=torch.channels_last)
-                stats = train_step(self.netG, self.netD, self.optG, self.optD, real, noise, self.loss, t.amp)
+                stats = train_step(
+                    self.G, self.D, self.optG, self.optD, real, noise, self.loss, t.amp, d_for_g=self.netD
+                )
                 stats_sum += stats
                 stats_n += 1
                 seen += real.shape[0]
                 self.pos.step += 1
                 self.pos.iteration += 1
                 if stats_n >= t.log_every or self.pos.step >= steps or self.pos.iteration >= total_iters:
-                    values = (stats_sum / stats_n).tolist()  # the only host sync, every log_every steps
+                    # The only host sync, every log_every steps.
+                    values = distributed.all_mean(stats_sum / stats_n, self.dist).tolist()
                     if not all(math.isfinite(v) for v in values):
                         raise UserError(
                             f"training diverged at iteration {self.pos.iteration} (loss is not finite); "
@@ -387,7 +427,7 @@ class Trainer:
                 if self.pos.iteration >= total_iters or self._interrupted:
                     break
         if epoch_n:
-            means = (epoch_stats / epoch_n).tolist()
+            means = distributed.all_mean(epoch_stats / epoch_n, self.dist).tolist()
             last.update(loss_D=means[0], loss_G=means[1], D_x=means[2], D_G_z=means[3])
         last["seconds"] = time.perf_counter() - t0
         return last

@@ -67,11 +67,15 @@ def train_step(
     noise: torch.Tensor,
     loss: GanLoss,
     amp: str = "off",
+    d_for_g: nn.Module | None = None,
 ) -> torch.Tensor:
     """Update D then G once; returns [loss_D, loss_G, D(x), D(G(z))] as a detached device tensor.
 
+    `d_for_g` is the D that the G step runs through: under DDP the bare module, since D's weights
+    get no gradient there and a DDP forward would wait for a gradient reduction that never comes.
     Nothing here reads a value back to the host, so on a GPU the step runs without synchronising.
     """
+    d_g = d_for_g if d_for_g is not None else netD
     device = real.device
     autocast = autocast_context(device, amp)
 
@@ -89,14 +93,14 @@ def train_step(
 
     optG.zero_grad(set_to_none=True)
     # D's weight gradients are not needed for G's update (the next D step clears them anyway).
-    netD.requires_grad_(False)
+    d_g.requires_grad_(False)
     try:
         with autocast:
-            out_g = netD(fake).float()
+            out_g = d_g(fake).float()
         err_g = loss.g(out_g)
         err_g.backward()
     finally:
-        netD.requires_grad_(True)
+        d_g.requires_grad_(True)
     optG.step()
 
     with torch.no_grad():

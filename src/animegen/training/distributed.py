@@ -1,0 +1,154 @@
+"""Multi-process training with PyTorch's own engine: torchrun, DistributedDataParallel, SyncBatchNorm.
+
+torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; this module turns them into a process group (NCCL on
+GPUs, Gloo on CPUs), wraps the networks in DDP and, on request, swaps BatchNorm for a synchronised
+one. `--batch-size` stays the global batch: each of N processes trains on batch/N images.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from animegen.errors import UserError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def from_env() -> DistInfo:
+    return DistInfo(
+        rank=int(os.environ.get("RANK", 0)),
+        world_size=int(os.environ.get("WORLD_SIZE", 1)),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+    )
+
+
+def init(info: DistInfo, device: torch.device) -> torch.device:
+    """Join the process group; returns this rank's device (cuda:LOCAL_RANK on GPUs)."""
+    if not info.enabled:
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size)
+    return device
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.barrier()
+
+
+def all_mean(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.enabled:
+        t = t.clone()
+        dist.all_reduce(t)
+        t /= info.world_size
+    return t
+
+
+def wrap(module: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
+    if not info.enabled:
+        return module
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DDP(module, device_ids=ids)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    return module.module if hasattr(module, "module") and isinstance(module.module, nn.Module) else module
+
+
+class GlooSyncBatchNorm(nn.BatchNorm2d):
+    """BatchNorm over the global batch for CPU processes.
+
+    torch.nn.SyncBatchNorm runs only on GPUs; this computes the same statistics with
+    torch.distributed.nn's differentiable all_reduce, so gradients flow across processes exactly as
+    through one BatchNorm over the concatenated batch.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized()):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = (0, 2, 3)
+        count = torch.tensor([x.numel() // x.shape[1]], dtype=x.dtype)
+        total = all_reduce(count.clone())
+        mean = all_reduce(x.sum(dims)) / total
+        centred = x - mean[None, :, None, None]
+        var = all_reduce((centred * centred).sum(dims)) / total
+        if self.track_running_stats:
+            with torch.no_grad():
+                n = total.item()
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * n / max(n - 1, 1), alpha=m)
+        out = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
+        if self.affine:
+            out = out * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return out
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """Swap every BatchNorm2d for a synchronised one (torch's on GPUs, GlooSyncBatchNorm on CPUs)."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, GlooSyncBatchNorm):
+            new = GlooSyncBatchNorm(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
+            )
+            new.load_state_dict(child.state_dict())
+            setattr(module, name, new)
+        else:
+            convert_sync_batchnorm(child, device)
+    return module
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """Re-run this command under torchrun with `nproc` processes on this machine."""
+    if nproc < 1:
+        raise UserError("--nproc must be at least 1")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "animegen",
+        *argv,
+    ]
+    env = dict(os.environ)
+    # Each process gets its share of the cores unless the user chose otherwise.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    return subprocess.call(cmd, env=env)
