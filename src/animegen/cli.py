@@ -68,6 +68,12 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         help="synchronise BatchNorm across processes",
     )
+    p.add_argument(
+        "--tensorboard",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write TensorBoard events to RUN_DIR/tensorboard",
+    )
     p.add_argument("--quiet", action="store_true", help="only warnings and errors")
 
 
@@ -86,6 +92,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
         "train.max_steps": args.max_steps,
         "train.checkpoint_every": args.checkpoint_every,
         "train.sync_bn": args.sync_bn,
+        "train.tensorboard": args.tensorboard,
         "model.image_size": args.image_size,
         "run.name": args.name,
     }
@@ -334,6 +341,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bn", choices=["batch", "eval"], default="batch")
     p.add_argument("--device")
     p.set_defaults(func=_interpolate)
+    p = sub.add_parser(
+        "runs",
+        help="list runs with progress, last losses and best metric",
+        formatter_class=_Formatter,
+        epilog="example:\n  animegen runs runs/",
+    )
+    p.add_argument("root", nargs="?", default="runs", metavar="DIR")
+    p.set_defaults(func=lambda a: __import__("animegen.runs", fromlist=["print_runs"]).print_runs(a.root))
     return parser
 
 

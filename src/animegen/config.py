@@ -68,6 +68,7 @@ class TrainConfig:
     amp: str = "off"  # "off" or "bf16": autocast dtype for the forward passes
     channels_last: bool = False
     threads: int = 0  # torch intra-op threads on CPU; 0 leaves PyTorch's default
+    tensorboard: bool = False  # also write TensorBoard events to <run>/tensorboard
     sync_bn: bool = False  # synchronise BatchNorm statistics across processes (torchrun runs)
 
 

@@ -51,7 +51,8 @@ class ImageSet:
         return int(self.images.shape[-1])
 
     def warning_line(self) -> str | None:
-        return DecodeReport(decoded=len(self), skipped=self.skipped).warning_line()
+        root = self.source if self.cache_path is not None and Path(self.source).is_dir() else None
+        return DecodeReport(decoded=len(self), skipped=self.skipped, root=root).warning_line()
 
 
 def folder_key(root: Path, files: list[ImageFile], image_size: int) -> str:

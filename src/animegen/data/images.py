@@ -270,8 +270,9 @@ def decode_all(
     last_progress = 0
     # One filter change for the whole run, made in this thread: worker threads share the
     # process-wide filter list, and per-file catch_warnings() from several threads would race.
-    with _quiet_pillow():
-        for i, result in enumerate(_iter_decoded(paths, size, workers), start=1):
+    # closing(): if progress() raises, stop the worker pool now rather than when garbage-collected.
+    with _quiet_pillow(), contextlib.closing(_iter_decoded(paths, size, workers)) as results:
+        for i, result in enumerate(results, start=1):
             if isinstance(result, BadImage):
                 report.skipped.append((result.path, result.reason))
             else:
@@ -363,9 +364,10 @@ def _load_hwc_unchecked(path: str, size: int) -> np.ndarray:
         oriented = _apply_exif_orientation(im)
         flat = _to_l_or_rgb(oriented)
         square = _resize_centre_crop(flat, size)
-    if square.mode != "RGB":
-        square = square.convert("RGB")
-    arr = np.asarray(square)
+        if square.mode != "RGB":
+            square = square.convert("RGB")
+        # Still inside the with: ``square`` may be ``im`` itself, whose core must not be closed yet.
+        arr = np.asarray(square)
     if arr.shape != (size, size, 3) or arr.dtype != np.uint8:  # defensive: never emit a wrong shape
         raise _Reject(f"decoded to unexpected shape {arr.shape} {arr.dtype}")
     return arr
@@ -468,10 +470,13 @@ def _reason_for(e: BaseException) -> str:
     message = str(e)
     if "truncat" in message.lower():
         return "truncated"
-    message = " ".join(message.split())  # one line
+    message = " ".join(message.split()).removesuffix(" when reading image file")  # one line, short
     if len(message) > 60:
         message = message[:57] + "..."
-    return f"corrupt ({type(e).__name__}: {message})" if message else f"corrupt ({type(e).__name__})"
+    if not message:
+        return f"corrupt ({type(e).__name__})"
+    # Pillow's OSError messages read fine alone; for anything else the type says more than the text.
+    return f"corrupt ({message})" if isinstance(e, OSError) else f"corrupt ({type(e).__name__}: {message})"
 
 
 def _os_reason(e: OSError) -> str:

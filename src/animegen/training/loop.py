@@ -24,9 +24,10 @@ from animegen.errors import CheckpointError, UserError
 from animegen.models import build_models
 from animegen.training import checkpoint as ckpt
 from animegen.training import distributed
+from animegen.training.monitor import Monitor
 from animegen.training.progress import Reporter
 from animegen.training.step import LOSSES, train_step
-from animegen.visual import save_grid
+from animegen.visual import make_grid, save_png
 
 
 def resolve_device(name: str) -> torch.device:
@@ -131,12 +132,14 @@ class Trainer:
         )
         self.resume_from = resume_from
         self.images: ImageSet | None = None
+        self.monitor: Monitor | None = None
 
     # ---- setup ----------------------------------------------------------------------------------
 
     def prepare(self) -> None:
         if self.dist.is_main:
             self._check_run_dir()
+            self.monitor = Monitor(self.run_dir, tensorboard=self.cfg.train.tensorboard)
             self.images = load_images(self.cfg, progress=self.reporter.decode_progress)
         # The other ranks wait for rank 0 to fill the cache, then read it.
         distributed.barrier(self.dist)
@@ -286,7 +289,10 @@ class Trainer:
             net = Generator(self.cfg.model).to(self.device)
             net.load_state_dict(self.netG.state_dict())
         images = sample_images(net, self.fixed_noise, bn_mode="batch")
-        save_grid(images, path, nrow=int(math.sqrt(len(images))) or 1)
+        grid = make_grid(images, nrow=int(math.sqrt(len(images))) or 1)
+        save_png(grid, path)
+        if self.monitor is not None:
+            self.monitor.epoch(epoch_number, self.pos.iteration, grid)
         return path
 
     def _log(self, row: dict[str, Any]) -> None:
@@ -294,6 +300,8 @@ class Trainer:
             return
         with open(self.log_path, "a") as fh:
             fh.write(json.dumps(row) + "\n")
+        if self.monitor is not None:
+            self.monitor.log(row)
 
     # ---- the loop -------------------------------------------------------------------------------
 
@@ -322,6 +330,8 @@ class Trainer:
                 if not self._interrupted:
                     self.write_samples(self.pos.epoch + 1)
                 last_ckpt = self.save_checkpoint()
+        if self.monitor is not None:
+            self.monitor.close()
         if self._interrupted:
             self.reporter.info(
                 f"interrupted: saved {last_ckpt}; continue with: animegen train --resume {self.run_dir}"

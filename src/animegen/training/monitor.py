@@ -1,0 +1,97 @@
+"""Watching a run: TensorBoard scalars and sample grids, and a loss plot redrawn in the run dir."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from animegen.errors import UserError
+
+SCALARS = ("loss_D", "loss_G", "D_x", "D_G_z", "images_per_s", "fid", "kid", "swd")
+
+
+class Monitor:
+    """Receives log rows and epoch grids; writes TensorBoard events (optional) and loss.png."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = False, plot: bool = True):
+        self.run_dir = Path(run_dir)
+        self.plot = plot
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError(
+                    "--tensorboard needs the tensorboard package: pip install 'animegen[tensorboard]'"
+                ) from None
+            self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+
+    def log(self, row: dict[str, Any]) -> None:
+        if self.writer is None:
+            return
+        step = int(row["iteration"])
+        for key in SCALARS:
+            if key in row and row[key] is not None:
+                self.writer.add_scalar(f"train/{key}", float(row[key]), step)
+
+    def epoch(self, epoch: int, iteration: int, grid: np.ndarray) -> None:
+        if self.writer is not None:
+            self.writer.add_image("samples", grid, iteration, dataformats="HWC")
+            self.writer.flush()
+        if self.plot:
+            plot_losses(self.run_dir / "log.jsonl", self.run_dir / "loss.png")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return rows
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
+def plot_losses(log_path: Path, out: Path) -> Path | None:
+    """Loss and D-output curves against iterations; None when matplotlib or data is missing."""
+    rows = read_log(log_path)
+    if len(rows) < 2:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only: never needs a display
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    it = [r["iteration"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), dpi=100)
+    ax1.plot(it, [r["loss_D"] for r in rows], label="loss D", lw=1)
+    ax1.plot(it, [r["loss_G"] for r in rows], label="loss G", lw=1)
+    ax1.set_xlabel("iteration")
+    ax1.set_title("losses")
+    ax1.legend()
+    ax2.plot(it, [r["D_x"] for r in rows], label="D(x)", lw=1)
+    ax2.plot(it, [r["D_G_z"] for r in rows], label="D(G(z))", lw=1)
+    ax2.set_ylim(0, 1)
+    ax2.set_xlabel("iteration")
+    ax2.set_title("discriminator outputs")
+    ax2.legend()
+    fig.tight_layout()
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
