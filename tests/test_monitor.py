@@ -12,7 +12,17 @@ from animegen.cli import main
 def test_tensorboard_plot_and_runs_table(image_folder, tmp_path, capsys):
     pytest.importorskip("tensorboard")
     run = tmp_path / "runs" / "tiny"
-    args = ["train", "--data", str(image_folder), "--epochs", "2", "--run-dir", str(run), "--tensorboard", *TINY]
+    args = [
+        "train",
+        "--data",
+        str(image_folder),
+        "--epochs",
+        "2",
+        "--run-dir",
+        str(run),
+        "--tensorboard",
+        *TINY,
+    ]
     assert main(args) == 0
     events = list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert events
@@ -21,7 +31,9 @@ def test_tensorboard_plot_and_runs_table(image_folder, tmp_path, capsys):
     acc = EventAccumulator(str(run / "tensorboard"))
     acc.Reload()
     tags = acc.Tags()
-    assert {"train/loss_D", "train/loss_G", "train/D_x", "train/D_G_z", "train/images_per_s"} <= set(tags["scalars"])
+    assert {"train/loss_D", "train/loss_G", "train/D_x", "train/D_G_z", "train/images_per_s"} <= set(
+        tags["scalars"]
+    )
     assert "samples" in tags["images"] and len(acc.Images("samples")) == 2
     with Image.open(run / "loss.png") as im:
         assert im.size[0] > 500 and im.size[1] > 200

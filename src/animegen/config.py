@@ -27,6 +27,7 @@ class ModelConfig:
     width: float = 1.0  # channel multiplier: 0.5 halves every hidden layer
     d_first_bn: bool = True  # the tutorial puts BatchNorm on D's first conv; the DCGAN paper does not
     init: str = "default"  # "default" keeps PyTorch's init (the tutorial); "dcgan" draws N(0, 0.02)
+    d_norm: str = "bn"  # D's normalisation: "bn" (BatchNorm), "sn" (spectral norm, no BN), "none"
 
 
 @dataclass
@@ -50,6 +51,11 @@ class OptimConfig:
     lr_d: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
+    label_smoothing: float = 0.0  # one-sided: D's real target becomes 1 - this (bce only)
+    r1_gamma: float = 0.0  # R1 penalty weight on real images; 0 = off
+    r1_every: int = 16  # lazy R1: apply every N D steps, scaled by N (StyleGAN2)
+    ema: float = 0.0  # generator EMA decay for samples and evaluation (e.g. 0.999); 0 = off
+    augment: str = ""  # DiffAugment policy, e.g. "color,translation,cutout"; "" = off
 
 
 @dataclass
@@ -114,6 +120,19 @@ class Config:
             raise UserError(f"optim.loss must be one of {', '.join(LOSSES)}, not {self.optim.loss!r}")
         if t.batch_size < 1 or t.epochs < 0:
             raise UserError("train.batch_size must be >= 1 and train.epochs >= 0")
+        if m.d_norm not in ("bn", "sn", "none"):
+            raise UserError(f"model.d_norm must be bn, sn or none, not {m.d_norm!r}")
+        o = self.optim
+        if o.label_smoothing and o.loss != "bce":
+            raise UserError("optim.label_smoothing works with optim.loss=bce only")
+        if not 0 <= o.label_smoothing < 0.5 or not 0 <= o.ema < 1 or o.r1_gamma < 0 or o.r1_every < 1:
+            raise UserError("optim: label_smoothing in [0, 0.5), ema in [0, 1), r1_gamma >= 0, r1_every >= 1")
+        from animegen.training.augment import parse_policy
+
+        try:
+            parse_policy(o.augment)
+        except ValueError as e:
+            raise UserError(f"optim.augment: {e}") from None
         if t.amp not in ("off", "bf16"):
             raise UserError(f"train.amp must be 'off' or 'bf16', not {t.amp!r}")
         if self.data.limit is not None and self.data.limit < 1:
@@ -157,11 +176,32 @@ def dcgan64_preset() -> Config:
     return cfg
 
 
+def modern_preset() -> Config:
+    """What the field learned after DCGAN, on the seed generator: SN + hinge, DiffAugment, EMA, TTUR."""
+    cfg = Config(preset="modern")
+    cfg.model.d_norm = "sn"
+    cfg.model.init = "dcgan"
+    cfg.optim = OptimConfig(
+        loss="hinge",
+        lr_g=1e-4,
+        lr_d=4e-4,
+        beta1=0.0,
+        beta2=0.9,
+        ema=0.999,
+        augment="color,translation,cutout",
+    )
+    cfg.train.batch_size = 64
+    cfg.train.channels_last = True
+    cfg.data.hflip = True
+    return cfg
+
+
 PRESETS = {
     "seed": seed_preset,
     "default": default_preset,
     "demo": demo_preset,
     "dcgan64": dcgan64_preset,
+    "modern": modern_preset,
 }
 
 

@@ -30,11 +30,11 @@ def layout(image_size: int) -> tuple[int, int]:
     return factor, stages
 
 
-def _outer(factor: int, transposed: bool, cin: int, cout: int) -> nn.Module:
+def _outer(factor: int, transposed: bool, cin: int, cout: int, bias: bool = False) -> nn.Module:
     conv = nn.ConvTranspose2d if transposed else nn.Conv2d
     if factor == 3:
-        return conv(cin, cout, 5, 3, 1, bias=False)
-    return conv(cin, cout, 4, 2, 1, bias=False)
+        return conv(cin, cout, 5, 3, 1, bias=bias)
+    return conv(cin, cout, 4, 2, 1, bias=bias)
 
 
 def _widths(cfg: ModelConfig) -> tuple[int, int]:
@@ -95,20 +95,21 @@ class Discriminator(nn.Module):
         factor, stages = layout(cfg.image_size)
         _, ndf = _widths(cfg)
         hidden = [ndf * 2**i for i in range(stages + 1)]  # e.g. 64, 128, 256, 512
-        first: list[nn.Module] = [_outer(factor, False, 3, hidden[0])]
-        if cfg.d_first_bn:
+        bn = cfg.d_norm == "bn"
+        # Spectral norm replaces BatchNorm (Miyato et al. 2018); without BN the convs get a bias.
+        sn = nn.utils.parametrizations.spectral_norm if cfg.d_norm == "sn" else (lambda m: m)
+        first: list[nn.Module] = [sn(_outer(factor, False, 3, hidden[0], bias=not bn))]
+        if bn and cfg.d_first_bn:
             first.append(nn.BatchNorm2d(hidden[0]))
         first.append(nn.LeakyReLU(0.2, inplace=True))
         blocks: list[nn.Module] = [nn.Sequential(*first)]
         for cin, cout in zip(hidden[:-1], hidden[1:], strict=True):
-            blocks.append(
-                nn.Sequential(
-                    nn.Conv2d(cin, cout, 4, 2, 1, bias=False),
-                    nn.BatchNorm2d(cout),
-                    nn.LeakyReLU(0.2, inplace=True),
-                )
-            )
-        blocks.append(nn.Sequential(nn.Conv2d(hidden[-1], 1, 4, 1, 0, bias=False)))
+            if bn:
+                layers = [nn.Conv2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout)]
+            else:
+                layers = [sn(nn.Conv2d(cin, cout, 4, 2, 1))]
+            blocks.append(nn.Sequential(*layers, nn.LeakyReLU(0.2, inplace=True)))
+        blocks.append(nn.Sequential(sn(nn.Conv2d(hidden[-1], 1, 4, 1, 0, bias=not bn))))
         for i, block in enumerate(blocks, 1):
             self.add_module(f"layer{i}", block)
         self.n_layers = len(blocks)
@@ -123,7 +124,11 @@ def dcgan_init(module: nn.Module) -> None:
     """The DCGAN paper's init: conv weights N(0, 0.02), BatchNorm weights N(1, 0.02), biases 0."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.normal_(m.weight, 0.0, 0.02)
+            # Under spectral norm the raw weight lives in a parametrization; init that.
+            weight = m.parametrizations.weight.original if hasattr(m, "parametrizations") else m.weight
+            nn.init.normal_(weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)

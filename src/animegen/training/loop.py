@@ -24,9 +24,10 @@ from animegen.errors import CheckpointError, UserError
 from animegen.models import build_models
 from animegen.training import checkpoint as ckpt
 from animegen.training import distributed
+from animegen.training.augment import parse_policy
 from animegen.training.monitor import Monitor
 from animegen.training.progress import Reporter
-from animegen.training.step import LOSSES, train_step
+from animegen.training.step import make_loss, train_step
 from animegen.visual import make_grid, save_png
 
 
@@ -126,7 +127,14 @@ class Trainer:
         fused = {"fused": True} if self.device.type == "cuda" else {}
         self.optG = torch.optim.Adam(self.netG.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2), **fused)
         self.optD = torch.optim.Adam(self.netD.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2), **fused)
-        self.loss = LOSSES[o.loss]
+        self.loss = make_loss(o.loss, o.label_smoothing)
+        self.augment = parse_policy(o.augment)
+        self.ema = None
+        if o.ema:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            # Buffers are averaged too, so eval-mode BatchNorm statistics follow the averaged weights.
+            self.ema = AveragedModel(self.netG, multi_avg_fn=get_ema_multi_avg_fn(o.ema), use_buffers=True)
         self.fixed_noise = fixed_noise(cfg.train.sample_count, cfg.model.z_dim, cfg.train.seed).to(
             self.device
         )
@@ -196,6 +204,9 @@ class Trainer:
         tensors: dict[str, torch.Tensor] = {}
         tensors.update(ckpt.pack_state_dict("G", self.netG.state_dict()))
         tensors.update(ckpt.pack_state_dict("D", self.netD.state_dict()))
+        if self.ema is not None:
+            tensors.update(ckpt.pack_state_dict("G_ema", self.ema.module.state_dict()))
+            tensors["ema.n_averaged"] = self.ema.n_averaged
         tg, mg = ckpt.pack_optimizer("optG", self.optG)
         td, md = ckpt.pack_optimizer("optD", self.optD)
         tr, mr = ckpt.capture_rng()
@@ -242,6 +253,13 @@ class Trainer:
             self.netD.load_state_dict(ckpt.unpack_state_dict("D", tensors))
             self.optG.load_state_dict(ckpt.unpack_optimizer("optG", tensors, meta["optG"]))
             self.optD.load_state_dict(ckpt.unpack_optimizer("optD", tensors, meta["optD"]))
+            if self.ema is not None:
+                ema_state = ckpt.unpack_state_dict("G_ema", tensors)
+                if ema_state:
+                    self.ema.module.load_state_dict(ema_state)
+                    self.ema.n_averaged.copy_(tensors["ema.n_averaged"])
+                else:  # EMA switched on for a run that had none: start it from the current G
+                    self.ema.module.load_state_dict(self.netG.state_dict())
         except (RuntimeError, KeyError, ValueError) as e:
             first = str(e).strip().splitlines()[0]
             raise CheckpointError(f"{path}: does not fit this configuration ({first})") from None
@@ -283,11 +301,11 @@ class Trainer:
         path = self.samples_dir / f"epoch_{epoch_number:03d}.png"
         if not self.dist.is_main:
             return path
-        net: torch.nn.Module = self.netG
+        net: torch.nn.Module = self.ema.module if self.ema is not None else self.netG
         if self.dist.enabled:
             # Synchronised BatchNorm would wait for the other ranks: sample from a plain copy.
             net = Generator(self.cfg.model).to(self.device)
-            net.load_state_dict(self.netG.state_dict())
+            net.load_state_dict(distributed.unwrap(self.ema.module if self.ema else self.netG).state_dict())
         images = sample_images(net, self.fixed_noise, bn_mode="batch")
         grid = make_grid(images, nrow=int(math.sqrt(len(images))) or 1)
         save_png(grid, path)
@@ -390,9 +408,24 @@ class Trainer:
                 noise = noise[lo : lo + self.local_batch].to(self.device)
                 if t.channels_last:
                     noise = noise.contiguous(memory_format=torch.channels_last)
+                o = self.cfg.optim
+                lazy_r1 = o.r1_gamma and self.pos.iteration % o.r1_every == 0
                 stats = train_step(
-                    self.G, self.D, self.optG, self.optD, real, noise, self.loss, t.amp, d_for_g=self.netD
+                    self.G,
+                    self.D,
+                    self.optG,
+                    self.optD,
+                    real,
+                    noise,
+                    self.loss,
+                    t.amp,
+                    d_for_g=self.netD,
+                    augment=self.augment,
+                    aug_seed=derived_seed(t.seed, 7, self.pos.iteration),
+                    r1_weight=o.r1_gamma / 2 * o.r1_every if lazy_r1 else 0.0,
                 )
+                if self.ema is not None:
+                    self.ema.update_parameters(self.netG)
                 stats_sum += stats
                 stats_n += 1
                 seen += real.shape[0]

@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from animegen.data.batches import derived_seed
+from animegen.training.augment import diff_augment
+
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -38,6 +41,22 @@ def _bce_real(logits: torch.Tensor) -> torch.Tensor:
 def _bce_fake(logits: torch.Tensor) -> torch.Tensor:
     p = torch.sigmoid(logits)
     return F.binary_cross_entropy(p, torch.zeros_like(p))
+
+
+def make_loss(name: str, label_smoothing: float = 0.0) -> GanLoss:
+    """The named loss; one-sided label smoothing (Salimans et al. 2016) lowers only D's real target."""
+    base = LOSSES[name]
+    if not label_smoothing:
+        return base
+    if name != "bce":
+        raise ValueError("label smoothing applies to the bce loss only")
+    target = 1.0 - label_smoothing
+
+    def d_real(logits: torch.Tensor) -> torch.Tensor:
+        p = torch.sigmoid(logits)
+        return F.binary_cross_entropy(p, torch.full_like(p, target))
+
+    return GanLoss(d_real=d_real, d_fake=base.d_fake, g=base.g)
 
 
 LOSSES = {
@@ -68,25 +87,38 @@ def train_step(
     loss: GanLoss,
     amp: str = "off",
     d_for_g: nn.Module | None = None,
+    augment: tuple[str, ...] = (),
+    aug_seed: int = 0,
+    r1_weight: float = 0.0,
 ) -> torch.Tensor:
     """Update D then G once; returns [loss_D, loss_G, D(x), D(G(z))] as a detached device tensor.
 
     `d_for_g` is the D that the G step runs through: under DDP the bare module, since D's weights
     get no gradient there and a DDP forward would wait for a gradient reduction that never comes.
+    `augment` is a DiffAugment policy applied to every batch D sees (seeded by `aug_seed`);
+    `r1_weight` > 0 adds weight * ||grad_x D(x)||^2 on the real batch (the caller makes it lazy).
     Nothing here reads a value back to the host, so on a GPU the step runs without synchronising.
     """
     d_g = d_for_g if d_for_g is not None else netD
     device = real.device
     autocast = autocast_context(device, amp)
 
+    def aug(x: torch.Tensor, k: int) -> torch.Tensor:
+        return diff_augment(x, augment, derived_seed(aug_seed, k)) if augment else x
+
     optD.zero_grad(set_to_none=True)
+    if r1_weight:
+        real = real.detach().requires_grad_(True)
     with autocast:
-        out_real = netD(real).float()
+        out_real = netD(aug(real, 0)).float()
     err_real = loss.d_real(out_real)
+    if r1_weight:
+        (grad,) = torch.autograd.grad(out_real.sum(), real, create_graph=True)
+        err_real = err_real + r1_weight * grad.float().square().sum(dim=(1, 2, 3)).mean()
     err_real.backward()
     with autocast:
         fake = netG(noise)
-        out_fake = netD(fake.detach()).float()
+        out_fake = netD(aug(fake.detach(), 1)).float()
     err_fake = loss.d_fake(out_fake)
     err_fake.backward()
     optD.step()
@@ -96,7 +128,7 @@ def train_step(
     d_g.requires_grad_(False)
     try:
         with autocast:
-            out_g = d_g(fake).float()
+            out_g = d_g(aug(fake, 2)).float()
         err_g = loss.g(out_g)
         err_g.backward()
     finally:
