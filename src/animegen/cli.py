@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from animegen import __version__
+from animegen import __version__, export, serve
 from animegen.errors import UserError
 
 EXIT_USAGE = 2
@@ -164,6 +164,14 @@ def _train_process(args: argparse.Namespace, demo: bool, info) -> int:
             if value is not None:
                 set_value(cfg, key, value, "command line")
         cfg.validate()
+        saved = meta.get("config", {}).get("model", {})
+        for key in ("arch", "image_size", "z_dim", "width", "d_first_bn", "d_norm"):
+            if key in saved and saved[key] != getattr(cfg.model, key):
+                raise UserError(
+                    f"{resume_path}: trained with model.{key}={saved[key]!r}, cannot resume with "
+                    f"model.{key}={getattr(cfg.model, key)!r} (a run keeps its architecture; "
+                    "drop that flag or start a new --run-dir)"
+                )
     else:
         cfg = build_config(args.preset or ("demo" if demo else None), args.config, _overrides(args), args.set)
         if args.name is None and cfg.run.name == "run":
@@ -207,7 +215,7 @@ def _train_process(args: argparse.Namespace, demo: bool, info) -> int:
         print(f"  interpolation:     {gif}")
         print(f"  checkpoint:        {result['checkpoint']}")
         print(f"next: animegen generate {run_dir} -n 64 --grid faces.png")
-    else:
+    elif not args.quiet:
         print(
             f"done in {elapsed / 60:.1f} min; checkpoint {result['checkpoint']}; "
             f"samples in {run_dir / 'samples'}"
@@ -432,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("root", nargs="?", default="runs", metavar="DIR")
     p.set_defaults(func=lambda a: __import__("animegen.runs", fromlist=["print_runs"]).print_runs(a.root))
+    export.add_parser(sub)
+    serve.add_parser(sub)
     return parser
 
 

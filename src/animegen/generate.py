@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,11 +127,12 @@ def _load_torch_state(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f"it would import {found.group(1)}" if found else "unsupported content"
         raise CheckpointError(
-            f"{path}: refused: the file holds Python objects beyond plain tensors ({first[:160]})"
+            f"{path}: refused: the file holds Python objects beyond plain tensors ({what}); nothing was run"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except Exception as e:  # RuntimeError, EOFError, OSError, ValueError, SafetensorError, ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch weights file ({first[:160]})") from None
     for key in ("netG", "generator", "G", "state_dict"):
@@ -185,7 +187,7 @@ def _is_safetensors(path: Path) -> bool:
             head = fh.read(9)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
-    return len(head) == 9 and head[8:9] == b"{"
+    return path.suffix.lower() == ".safetensors" or (len(head) == 9 and head[8:9] == b"{")
 
 
 def _mismatch(net: nn.Module, state: dict[str, torch.Tensor]) -> str | None:

@@ -331,6 +331,7 @@ class Trainer:
         total_iters = total_epochs * steps if t.max_steps is None else min(t.max_steps, total_epochs * steps)
         last_ckpt: Path | None = None
         summary: dict[str, Any] = {}
+        start_iteration = self.pos.iteration
         with self._stop_signals():
             while (
                 self.pos.epoch < total_epochs and self.pos.iteration < total_iters and not self._interrupted
@@ -343,8 +344,11 @@ class Trainer:
                         self.pos.epoch + 1, total_epochs, summary, sample_path, last_ckpt
                     )
                     self.pos = Position(self.pos.epoch + 1, 0, self.pos.iteration)
-            if self.pos.step != 0 or last_ckpt is None:
-                # Stopped mid-epoch (max_steps, Ctrl-C) or nothing left to do: keep the exact position.
+            if self.pos.iteration == start_iteration and self.resume_from is not None:
+                # Resumed with nothing left to train: the checkpoint resumed from is already current.
+                last_ckpt = Path(self.resume_from)
+            elif self.pos.step != 0 or last_ckpt is None:
+                # Stopped mid-epoch (max_steps, Ctrl-C): keep the exact position.
                 if not self._interrupted:
                     self.write_samples(self.pos.epoch + 1)
                 last_ckpt = self.save_checkpoint()

@@ -54,8 +54,8 @@ class Reporter:
 
     def __init__(self, quiet: bool = False):
         self.quiet = quiet
-        self.out = Console(file=sys.stdout, highlight=False)
-        self.err = Console(file=sys.stderr, highlight=False)
+        self.out = Console(file=sys.stdout, highlight=False, soft_wrap=True)
+        self.err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
         self._decode: Progress | None = None
         self._decode_task: Any = None
 

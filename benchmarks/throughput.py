@@ -1,0 +1,672 @@
+"""Measure training throughput (images/s), peak memory and MFU of animegen against the tutorial trainer.
+
+One run, one machine, one image folder, every configuration timed the same way:
+
+  reference             python <shared>/reference/seed_dcgan.py --bench (the tutorial, batch 8); its own
+                        "seed-reference images/s" line, with the same warm-up left out
+  seed                  animegen train --preset seed (batch 8): the same math as the reference
+  default               animegen train --preset default (batch 64, channels_last on, amp off, hflip)
+  default/<option>      the default preset with one speed option changed: --amp bf16,
+                        train.channels_last=false, train.threads=1 or 2, batch 8 / 32 / 128
+
+Each animegen configuration runs as its own process, `python -m animegen train ... --max-steps W+N
+--set train.log_every=1`, sharing one decoded-image cache that is filled before the first timing.
+images/s comes from the run's log.jsonl rows (iteration, wall_time): the iterations and seconds
+between the row at/after warm-up iteration W and the last row, times the batch size. So process
+start, the first-pass decode, model building and warm-up are all left out; steps that cross an
+epoch end are left out as well, since they include writing the epoch's samples and checkpoint.
+(log_every=1 reads the losses back every step; on a GPU that is one host sync per step, which is
+part of what is timed; --log-every changes it.)
+
+Peak RSS of each child comes from os.wait4(), which returns that one child's rusage (ru_maxrss);
+getrusage(RUSAGE_CHILDREN) only gives the largest over all children so far.
+
+MFU = images/s x training FLOPs per image / measured matmul peak. The FLOPs come from the layer
+shapes of G and D (benchmarks/flops.py documents the count: 8 F_D + 3 F_G per image). The peak is
+timed torch.mm in this run, on the same device, in the dtype the configuration computes in (fp32,
+or bf16 under --amp bf16), with the configuration's CPU thread count.
+
+Usage:
+  python benchmarks/throughput.py --data DIR [--iters N] [--warmup W] [--device auto|cpu|cuda]
+                                  [--configs NAME ...] [--limit N] [--json out.json]
+  python benchmarks/throughput.py --data DIR --quick               # smoke run: reference + seed, 3 steps
+  python benchmarks/throughput.py --data DIR --profile seed        # torch.profiler top-15 ops, in-process
+
+On a CPU shared with other work the figures move a lot (two OpenMP threads that contend with
+another process can run many times slower), so the header and every row show the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_REFERENCE = REPO.parent / "shared" / "reference" / "seed_dcgan.py"
+
+# Benchmark the checkout this file lives in (installed or not); the children get the same PYTHONPATH.
+sys.path.insert(0, str(REPO / "src"))
+
+import torch  # noqa: E402
+
+from animegen.config import Config, build_config  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from flops import train_flops  # noqa: E402
+
+REFERENCE_BATCH = 8  # the tutorial's batch size; the reference runs with it
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One row of the table: a preset plus command-line changes (preset None = the reference)."""
+
+    name: str
+    preset: str | None
+    args: tuple[str, ...] = ()
+    note: str = ""
+
+
+CONFIGS: tuple[BenchConfig, ...] = (
+    BenchConfig("reference", None, note="tutorial trainer, batch 8"),
+    BenchConfig("seed", "seed", note="same math as the reference"),
+    BenchConfig("default", "default", note="batch 64, channels_last on, amp off, threads auto"),
+    BenchConfig("default/amp=bf16", "default", ("--amp", "bf16")),
+    BenchConfig("default/channels_last=false", "default", ("--set", "train.channels_last=false")),
+    BenchConfig("default/threads=1", "default", ("--set", "train.threads=1")),
+    BenchConfig("default/threads=2", "default", ("--set", "train.threads=2")),
+    BenchConfig("default/batch=8", "default", ("--batch-size", "8")),
+    BenchConfig("default/batch=32", "default", ("--batch-size", "32")),
+    BenchConfig("default/batch=128", "default", ("--batch-size", "128")),
+)
+QUICK_CONFIGS = ("reference", "seed")
+
+
+@dataclass
+class Result:
+    """What one configuration measured; images_per_s is None when the run failed."""
+
+    name: str
+    batch: int
+    dtype: str
+    threads: int
+    images_per_s: float | None = None
+    timed_steps: int = 0
+    skipped_epoch_ends: int = 0
+    peak_rss_mb: float | None = None
+    flops_per_image: int = 0
+    mfu: float | None = None
+    ratio_to_reference: float | None = None
+    load_before: float = 0.0
+    seconds: float = 0.0
+    error: str | None = None
+    command: list[str] = field(default_factory=list)
+    runs: list[float] = field(default_factory=list)  # images/s of every round (--repeat)
+
+    @property
+    def spread(self) -> float | None:
+        """Half the min-max range of the rounds, relative to the reported figure."""
+        if len(self.runs) < 2 or not self.images_per_s:
+            return None
+        return (max(self.runs) - min(self.runs)) / 2 / self.images_per_s
+
+
+def median_result(rounds: list[Result]) -> Result:
+    """The round with the median images/s (the lower middle one), carrying every round's figure."""
+    ok = sorted((r for r in rounds if r.images_per_s), key=lambda r: r.images_per_s or 0.0)
+    chosen = ok[(len(ok) - 1) // 2] if ok else rounds[-1]
+    chosen.runs = [r.images_per_s for r in ok if r.images_per_s]
+    chosen.peak_rss_mb = max((r.peak_rss_mb for r in rounds if r.peak_rss_mb), default=None)
+    return chosen
+
+
+# ---- the machine ---------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU multiplies bf16 in hardware; without it bf16 matmuls are emulated, far slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+
+
+def load1() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+def machine_info(device: torch.device, default_threads: int) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "cores": usable_cores(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "torch_threads_default": default_threads,
+        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+# ---- the matmul peak -----------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, threads: int, budget_s: float = 3.0) -> float:
+    """Best FLOP/s of square torch.mm on `device` in `dtype` with `threads` CPU threads.
+
+    The size grows from 256 while one product takes under a tenth of the budget (up to 2048 on a
+    CPU, 8192 on a GPU): a CPU without native bf16 runs bf16 matmuls ~100x slower than fp32, and a
+    fixed 2048 x 2048 product would then take most of a minute.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        limit = 8192 if device.type == "cuda" else 2048
+        n = 256
+        while True:
+            a = torch.randn(n, n, device=device).to(dtype)
+            b = torch.randn(n, n, device=device).to(dtype)
+            torch.mm(a, b)  # first call: library init and kernel selection, not timed
+            _sync(device)
+            t = time.perf_counter()
+            torch.mm(a, b)
+            _sync(device)
+            once = time.perf_counter() - t
+            if once > budget_s / 10 or n >= limit:
+                break
+            n *= 2
+        best = 0.0
+        deadline = time.perf_counter() + budget_s
+        reps = 0
+        while reps < 3 or time.perf_counter() < deadline:
+            t = time.perf_counter()
+            torch.mm(a, b)
+            _sync(device)
+            best = max(best, 2 * n**3 / (time.perf_counter() - t))
+            reps += 1
+        return best
+    finally:
+        torch.set_num_threads(previous)
+
+
+# ---- running one configuration -------------------------------------------------------------------
+
+
+def run_child(cmd: list[str], env: dict[str, str], log: Path, timeout: float) -> tuple[int, float, float]:
+    """Run `cmd` with output to `log`; (exit code, peak RSS in MB, seconds). Kills it after `timeout`."""
+    start = time.perf_counter()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=log.parent)
+        deadline = start + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                os.kill(proc.pid, signal.SIGKILL)
+                pid, status, usage = os.wait4(proc.pid, 0)
+                with open(log, "a") as out_text:
+                    out_text.write(f"\nkilled by throughput.py after --timeout {timeout:.0f} s\n")
+                break
+            time.sleep(0.1)
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4: tell Popen
+    return proc.returncode, usage.ru_maxrss / 1024, time.perf_counter() - start  # ru_maxrss is KiB
+
+
+def log_throughput(rows: list[dict[str, Any]], warmup: int, batch: int) -> tuple[float, int, int]:
+    """(images/s, timed steps, skipped epoch-end gaps) from log.jsonl rows after `warmup` iterations."""
+    rows = [r for r in rows if r["iteration"] >= warmup]
+    steps, seconds, skipped = 0, 0.0, 0
+    for a, b in zip(rows, rows[1:], strict=False):
+        if a["epoch"] != b["epoch"]:  # this gap holds the epoch's sample grid and checkpoint
+            skipped += 1
+            continue
+        steps += b["iteration"] - a["iteration"]
+        seconds += b["wall_time"] - a["wall_time"]
+    if steps == 0 or seconds <= 0:
+        raise ValueError(f"no timed steps after warm-up ({len(rows)} log rows at/after iteration {warmup})")
+    return steps * batch / seconds, steps, skipped
+
+
+def tail(path: Path, lines: int = 6) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def child_env(hide_gpus: bool) -> dict[str, str]:
+    env = dict(os.environ)
+    src = str(REPO / "src")
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    if hide_gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+FLAG_KEYS = {"--amp": "train.amp", "--batch-size": "train.batch_size"}  # the flags CONFIGS use
+
+
+def resolve(bc: BenchConfig, args: argparse.Namespace) -> Config:
+    """The animegen config a row trains with, resolved the way the CLI resolves it."""
+    pairs = list(zip(bc.args[::2], bc.args[1::2], strict=True))
+    overrides: dict[str, Any] = {FLAG_KEYS[f]: v for f, v in pairs if f in FLAG_KEYS}
+    overrides["data.path"] = str(args.data)
+    overrides["data.limit"] = args.limit
+    overrides["data.cache_dir"] = str(args.cache_dir) if args.cache_dir else None
+    return build_config(bc.preset or "seed", sets=[v for f, v in pairs if f == "--set"], overrides=overrides)
+
+
+def run_reference(
+    bc: BenchConfig, args: argparse.Namespace, work: Path, device: torch.device, result: Result
+) -> None:
+    out_dir = work / "reference"
+    out_dir.mkdir(exist_ok=True)
+    cmd = [
+        sys.executable,
+        str(args.reference),
+        "--data",
+        str(args.data),
+        "--bench",
+        "--max-iters",
+        str(args.warmup + args.iters),
+        "--warmup",
+        str(args.warmup),
+        "--batch-size",
+        str(REFERENCE_BATCH),
+        "--out",
+        str(out_dir / "imgs"),
+    ]
+    result.command = cmd
+    # The reference takes CUDA whenever it sees it: hide the GPU for a CPU comparison.
+    log = out_dir / "output.txt"
+    code, rss, seconds = run_child(cmd, child_env(hide_gpus=device.type != "cuda"), log, args.timeout)
+    result.peak_rss_mb, result.seconds = rss, seconds
+    m = re.search(r"seed-reference images/s: ([0-9.]+)", log.read_text(errors="replace"))
+    if code != 0 or not m:
+        result.error = f"exit {code}: {tail(log)}"
+        return
+    result.images_per_s = float(m.group(1))
+    result.timed_steps = args.iters
+
+
+def run_animegen(
+    bc: BenchConfig, cfg: Config, args: argparse.Namespace, work: Path, device: torch.device, result: Result
+) -> None:
+    run_dir = work / bc.name.replace("/", "_").replace("=", "-")
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "animegen",
+        "train",
+        "--data",
+        str(args.data),
+        "--preset",
+        str(bc.preset),
+        *bc.args,
+        "--device",
+        str(device),
+        "--epochs",
+        "100000",  # --max-steps decides when to stop
+        "--max-steps",
+        str(args.warmup + args.iters),
+        "--run-dir",
+        str(run_dir),
+        "--quiet",
+        "--cache-dir",
+        str(args.cache_dir),
+        "--set",
+        f"train.log_every={args.log_every}",
+    ]
+    if args.limit:
+        cmd += ["--limit", str(args.limit)]
+    result.command = cmd
+    log = work / f"{run_dir.name}.txt"
+    code, rss, seconds = run_child(cmd, child_env(hide_gpus=False), log, args.timeout)
+    result.peak_rss_mb, result.seconds = rss, seconds
+    if code != 0:
+        result.error = f"exit {code}: {tail(log)}"
+        return
+    try:
+        rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line]
+        result.images_per_s, result.timed_steps, result.skipped_epoch_ends = log_throughput(
+            rows, args.warmup, cfg.train.batch_size
+        )
+    except (OSError, ValueError, KeyError) as e:
+        result.error = f"{type(e).__name__}: {e}"
+
+
+# ---- the table -----------------------------------------------------------------------------------
+
+
+def fmt(value: float | None, width: int, digits: int, suffix: str = "") -> str:
+    if value is None or math.isnan(value):
+        return "-".rjust(width + len(suffix))
+    return f"{value:{width}.{digits}f}{suffix}"
+
+
+def print_header_row() -> None:
+    print(
+        f"{'config':<29} {'batch':>5} {'dtype':>5} {'thr':>3} {'images/s':>9} {'x ref':>6} "
+        f"{'ms/step':>8} {'RSS MB':>7} {'MFU':>6} {'load1':>5} {'spread':>6}"
+    )
+
+
+def print_row(r: Result) -> None:
+    ms = r.batch / r.images_per_s * 1000 if r.images_per_s else None
+    mfu = None if r.mfu is None else r.mfu * 100
+    print(
+        f"{r.name:<29} {r.batch:>5} {r.dtype:>5} {r.threads:>3} {fmt(r.images_per_s, 9, 2)} "
+        f"{fmt(r.ratio_to_reference, 6, 2)} {fmt(ms, 8, 1)} {fmt(r.peak_rss_mb, 7, 0)} "
+        f"{fmt(mfu, 5, 1, '%')} {fmt(r.load_before, 5, 2)} "
+        f"{fmt(None if r.spread is None else r.spread * 100, 5, 1, '%')}"
+    )
+    if r.error:
+        print(f"    failed: {r.error}")
+
+
+# ---- profile mode --------------------------------------------------------------------------------
+
+
+def profile(bc: BenchConfig, args: argparse.Namespace, device: torch.device) -> int:
+    """torch.profiler over a few steps of one configuration, in this process; prints the top-15 ops."""
+    from torch.profiler import ProfilerActivity, record_function
+    from torch.profiler import profile as torch_profile
+
+    from animegen.data.batches import BatchFeeder
+    from animegen.models import build_models
+    from animegen.training.loop import load_images, seed_everything
+    from animegen.training.step import make_loss, train_step
+
+    cfg = resolve(bc, args)
+    t = cfg.train
+    if t.threads > 0:
+        torch.set_num_threads(t.threads)
+    seed_everything(t.seed)
+    netG, netD = build_models(cfg.model)
+    netG.to(device)
+    netD.to(device)
+    if t.channels_last:
+        netG.to(memory_format=torch.channels_last)
+        netD.to(memory_format=torch.channels_last)
+    o = cfg.optim
+    fused = {"fused": True} if device.type == "cuda" else {}
+    optG = torch.optim.Adam(netG.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2), **fused)
+    optD = torch.optim.Adam(netD.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2), **fused)
+    loss = make_loss(o.loss, o.label_smoothing)
+    images = load_images(cfg)
+    feeder = BatchFeeder(
+        images.images, t.batch_size, device, seed=t.seed, hflip=cfg.data.hflip, channels_last=t.channels_last
+    )
+    batches = feeder.epoch(0)
+
+    def step() -> None:
+        with record_function("## batch (BatchFeeder)"):
+            real = next(batches)
+        with record_function("## noise"):
+            noise = torch.randn(t.batch_size, cfg.model.z_dim, 1, 1, device=device)
+            if t.channels_last:
+                noise = noise.contiguous(memory_format=torch.channels_last)
+        with record_function("## train_step"):
+            train_step(netG, netD, optG, optD, real, noise, loss, t.amp)
+
+    steps = min(args.profile_steps, len(feeder) - args.warmup)
+    if steps < 1:
+        raise SystemExit(
+            f"throughput.py: {len(feeder)} batches per epoch leave no step to profile (raise --limit)"
+        )
+    for _ in range(args.warmup):
+        step()
+    _sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    start = time.perf_counter()
+    with torch_profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        _sync(device)
+    seconds = time.perf_counter() - start
+    ips = steps * t.batch_size / seconds
+    print(
+        f"profiled {steps} steps of {bc.name} (batch {t.batch_size}, amp {t.amp}, "
+        f"channels_last {t.channels_last}, threads {torch.get_num_threads()}) on {device}: "
+        f"{seconds / steps * 1000:.1f} ms/step, {ips:.2f} images/s under the profiler"
+    )
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=15))
+    return 0
+
+
+# ---- main ----------------------------------------------------------------------------------------
+
+
+def pick_configs(patterns: list[str]) -> list[BenchConfig]:
+    chosen: list[BenchConfig] = []
+    for pattern in patterns:
+        for item in pattern.split(","):
+            hits = [c for c in CONFIGS if fnmatch.fnmatchcase(c.name, item.strip())]
+            if not hits:
+                names = ", ".join(c.name for c in CONFIGS)
+                raise SystemExit(f"throughput.py: no config matches {item!r} (configs: {names})")
+            chosen += [c for c in hits if c not in chosen]
+    return chosen
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="configs: " + ", ".join(c.name for c in CONFIGS) + " (shell patterns work: 'default/*')",
+    )
+    p.add_argument(
+        "--data", required=True, type=Path, metavar="DIR", help="image folder, used by every config"
+    )
+    p.add_argument("--iters", type=int, default=20, help="timed iterations per config")
+    p.add_argument("--warmup", type=int, default=3, help="iterations left out of the figure")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument(
+        "--configs", nargs="+", metavar="NAME", help="which rows (default: all; --quick: reference seed)"
+    )
+    p.add_argument(
+        "--limit", type=int, metavar="N", help="animegen --limit: the first N images (short decode)"
+    )
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write every figure as JSON")
+    p.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE, help="the tutorial trainer")
+    p.add_argument("--cache-dir", type=Path, help="decoded-image cache to share (default: a temporary one)")
+    p.add_argument("--workdir", type=Path, help="keep run dirs and child logs here (default: temporary)")
+    p.add_argument("--repeat", type=int, default=1, help="rounds over all configs; the median is reported")
+    p.add_argument("--log-every", type=int, default=1, help="animegen train.log_every for the timed runs")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds before a config is killed")
+    p.add_argument("--quick", action="store_true", help="smoke run: 3 timed steps after 1 warm-up")
+    p.add_argument("--profile", metavar="CONFIG", help="profile this config in-process instead")
+    p.add_argument("--profile-steps", type=int, default=5, help="steps under the profiler")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.iters, args.warmup = min(args.iters, 3), min(args.warmup, 1)
+        args.configs = args.configs or list(QUICK_CONFIGS)
+    if args.iters < 1 or args.warmup < 1 or args.repeat < 1:
+        p.error(
+            "--iters, --warmup and --repeat must be at least 1 (warm-up leaves the first step's setup out)"
+        )
+    if not args.data.is_dir():
+        p.error(f"--data {args.data}: not a folder")
+    args.data = args.data.resolve()  # the children run in their own directories
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from animegen.errors import UserError
+    from animegen.training.loop import load_images, resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except UserError as e:
+        raise SystemExit(f"throughput.py: {e}") from None
+    default_threads = torch.get_num_threads()
+    configs = pick_configs(args.configs or [c.name for c in CONFIGS])
+    if args.profile:
+        (bc,) = pick_configs([args.profile])
+        if bc.preset is None:
+            raise SystemExit("throughput.py: --profile takes an animegen config, not the reference")
+        work = Path(tempfile.mkdtemp(prefix="animegen-profile-"))
+        args.cache_dir = args.cache_dir or work / "cache"
+        try:
+            return profile(bc, args, device)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    info = machine_info(device, default_threads)
+    print(
+        f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, device {device}"
+        + (f" ({info['gpu']})" if "gpu" in info else "")
+        + f", torch threads {default_threads}"
+    )
+    la = info["loadavg"] or [float("nan")] * 3
+    print(f"load average: {la[0]:.2f} {la[1]:.2f} {la[2]:.2f} (1/5/15 min) on {info['cores']} cores")
+    print(
+        f"data: {args.data}"
+        + (f" (first {args.limit} images)" if args.limit else "")
+        + f"; {args.warmup} warm-up + {args.iters} timed iterations per config"
+    )
+
+    keep = args.workdir is not None
+    work = (args.workdir or Path(tempfile.mkdtemp(prefix="animegen-bench-"))).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    args.cache_dir = (args.cache_dir or work / "cache").resolve()
+    args.reference = args.reference.resolve()
+    try:
+        rows: list[tuple[BenchConfig, Config]] = [(bc, resolve(bc, args)) for bc in configs]
+        if any(bc.preset is None for bc, _ in rows) and not args.reference.is_file():
+            print(f"reference not found at {args.reference} (--reference PATH): leaving it out")
+            rows = [(bc, cfg) for bc, cfg in rows if bc.preset is not None]
+
+        # The peak each row is measured against: (dtype, threads) as that row computes.
+        peaks: dict[tuple[str, int], float] = {}
+        for _, cfg in rows:
+            dtype = "bf16" if cfg.train.amp == "bf16" else "fp32"
+            threads = cfg.train.threads or default_threads
+            if (dtype, threads) not in peaks:
+                torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+                peaks[(dtype, threads)] = matmul_peak(device, torch_dtype, threads)
+        if device.type == "cpu" and any(d == "bf16" for d, _ in peaks) and not cpu_has_native_bf16():
+            print(
+                "note: this CPU has no avx512_bf16/amx_bf16: bf16 is emulated, expect --amp bf16 to be slow"
+            )
+        print(
+            "matmul peak: "
+            + ", ".join(f"{d} x{th} threads {p / 1e9:.1f} GFLOP/s" for (d, th), p in sorted(peaks.items()))
+        )
+
+        if any(bc.preset is not None for bc, _ in rows):
+            # Fill the shared cache once, so no child's peak RSS or start-up includes the decode.
+            t = time.perf_counter()
+            images = load_images(next(cfg for bc, cfg in rows if bc.preset is not None))
+            print(f"decoded-image cache: {len(images)} images, ready in {time.perf_counter() - t:.1f} s")
+            del images
+        print()
+        print_header_row()
+
+        # Rounds go through every row in turn, so slow drifts in machine load hit all rows alike.
+        rounds: dict[str, list[Result]] = {bc.name: [] for bc, _ in rows}
+        for i in range(args.repeat):
+            for bc, cfg in rows:
+                dtype = "bf16" if cfg.train.amp == "bf16" else "fp32"
+                threads = cfg.train.threads or default_threads
+                batch = REFERENCE_BATCH if bc.preset is None else cfg.train.batch_size
+                r = Result(bc.name, batch, dtype, threads, load_before=load1())
+                r.flops_per_image = train_flops(cfg.model).per_image
+                if bc.preset is None:
+                    run_reference(bc, args, work, device, r)
+                else:
+                    run_animegen(bc, cfg, args, work, device, r)
+                if r.images_per_s:
+                    r.mfu = r.images_per_s * r.flops_per_image / peaks[(dtype, threads)]
+                rounds[bc.name].append(r)
+                if args.repeat > 1:
+                    r.name = f"{bc.name} #{i + 1}"
+                print_row(r)
+                r.name = bc.name
+        results = [median_result(rounds[bc.name]) for bc, _ in rows]
+
+        ref = next((r for r in results if r.name == "reference" and r.images_per_s), None)
+        if ref:
+            for r in results:
+                if r.images_per_s:
+                    r.ratio_to_reference = r.images_per_s / ref.images_per_s
+        la_end = os.getloadavg()
+        print()
+        print(f"results (load average at the end: {la_end[0]:.2f} {la_end[1]:.2f} {la_end[2]:.2f})")
+        print_header_row()
+        for r in results:
+            print_row(r)
+        if args.json:
+            payload = {
+                "machine": info,
+                "loadavg_end": list(la_end),
+                "settings": {
+                    "data": str(args.data),
+                    "limit": args.limit,
+                    "warmup": args.warmup,
+                    "iters": args.iters,
+                    "log_every": args.log_every,
+                    "repeat": args.repeat,
+                },
+                "matmul_peak_flops": {f"{d}/threads={th}": p for (d, th), p in peaks.items()},
+                "results": [asdict(r) for r in results],
+            }
+            args.json.write_text(json.dumps(payload, indent=2) + "\n")
+            print(f"wrote {args.json}")
+        return 0 if all(r.error is None for r in results) else 1
+    finally:
+        if keep:
+            print(f"run dirs and child logs kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,616 @@
+"""A local browser demo of a generator: one self-contained page over a small FastAPI + uvicorn app.
+
+`animegen serve CKPT` opens http://127.0.0.1:7860/: a grid of faces from a seed (click a face to see
+it large), a slider that walks between two seeds' faces, and PNG downloads. The page needs nothing
+from the internet: CSS and JS are inline, there are no fonts or CDN scripts, and a
+Content-Security-Policy makes the browser refuse any other origin.
+
+The HTTP API behind it (all GET; images are PNG, errors are JSON `{"error": "..."}` with a 4xx):
+
+    /api/grid.png?seed=&n=&nrow=&bn=            the grid `animegen generate --seed S -n N` writes
+    /api/face.png?seed=&index=&scale=&bn=       face `index` of that grid, enlarged `scale` times
+    /api/interpolate.png?a=&b=&t=&scale=&bn=    between face 0 of seeds a and b, t in [0, 1] (slerp)
+    /api/info, /healthz                         the model and the limits, as JSON
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations, and those
+# name classes imported inside create_app, which only real (evaluated) annotations can reach.
+import argparse
+import hashlib
+import ipaddress
+import json
+import socket
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from animegen.errors import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from fastapi import FastAPI
+
+    from animegen.generate import LoadedGenerator
+
+# Module level stays free of torch and fastapi so that registering the subcommand keeps
+# `animegen --help` fast and works without the [serve] extra.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+DEFAULT_MAX_N = 64
+MAX_N_LIMIT = 1024  # one request never draws more than this many faces
+MAX_SCALE = 8  # enlarged faces stay <= 8 x 192 px
+MAX_SEED = 2**32 - 1  # exact in JavaScript numbers, and plenty of faces
+GRID_PADDING = 2  # animegen.visual.make_grid's default; the page maps clicks with it
+BN_MODES = ("batch", "eval")
+CACHE_SECONDS = 86400
+
+
+def create_app(gen: "LoadedGenerator", max_n: int = DEFAULT_MAX_N) -> "FastAPI":
+    """The demo app for one loaded generator; serve it with uvicorn or test it with TestClient."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+    from typing import Literal
+
+    import torch
+    from fastapi import FastAPI, Query, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from starlette.exceptions import HTTPException
+
+    from animegen.generate import CHUNK, DEFAULT_BN_MODE, chunk_noise, slerp
+    from animegen.visual import make_grid
+
+    if not 1 <= max_n <= MAX_N_LIMIT:
+        raise UserError(f"--max-n must be between 1 and {MAX_N_LIMIT}, not {max_n}")
+    size = gen.config.image_size
+    face_scale = max(1, min(MAX_SCALE, round(256 / size)))
+    info = {
+        "source": gen.source.name,
+        "arch": gen.config.arch,
+        "image_size": size,
+        "z_dim": gen.z_dim,
+        "iteration": gen.info.get("iteration"),
+        "epochs_done": gen.info.get("epochs_done"),
+        "max_n": max_n,
+        "max_scale": MAX_SCALE,
+        "max_seed": MAX_SEED,
+        "face_scale": face_scale,
+        "bn_modes": list(BN_MODES),
+        "default_bn": DEFAULT_BN_MODE,
+        "grid_padding": GRID_PADDING,
+        "version": _model_version(gen),
+    }
+
+    # Every model call runs on this one thread. bn_mode_context switches the net's BatchNorm modes
+    # in place, so two requests must never overlap on it; one thread also keeps a single malloc
+    # arena for the activations, where a pool of request threads would each keep their own.
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="animegen-model")
+
+    async def on_model_thread(fn, *args):
+        return await asyncio.wrap_future(worker.submit(fn, *args))
+
+    def grid_png(seed: int, n: int, nrow: int, bn: str) -> bytes:
+        return _png(make_grid(gen.sample(n, seed=seed, bn_mode=bn), nrow=nrow, padding=GRID_PADDING))
+
+    def face_png(seed: int, index: int, scale: int, bn: str) -> bytes:
+        # Only the chunk holding the face is drawn; with batch-statistics BatchNorm the face depends
+        # on that whole chunk, which is how gen.sample draws it, so it is pixel-equal to the grid's.
+        chunk, row = divmod(index, CHUNK)
+        images = gen.from_latents(chunk_noise(seed, chunk, gen.z_dim), bn)
+        return _png(images[row].permute(1, 2, 0).numpy(), scale)
+
+    def interpolate_png(a: int, b: int, t: float, scale: int, bn: str) -> bytes:
+        # Face 0 of seed a and of seed b are each drawn inside their seed's first chunk, so under
+        # batch-statistics BatchNorm the whole chunk is interpolated: the other 63 latents give the
+        # batch statistics, which then move smoothly too, and the ends are exactly the grids' faces.
+        za, zb = chunk_noise(a, 0, gen.z_dim).flatten(1), chunk_noise(b, 0, gen.z_dim).flatten(1)
+        if bn == "eval":  # each face is independent of its batch: draw just the one
+            za, zb = za[:1], zb[:1]
+        z = za if t == 0 else zb if t == 1 else slerp(za, zb, torch.tensor([t], dtype=za.dtype))[0]
+        return _png(gen.from_latents(z, bn)[0].permute(1, 2, 0).numpy(), scale)
+
+    app = FastAPI(
+        title="animegen",
+        version=str(info["version"]),
+        # The interactive docs pages load Swagger/ReDoc from a CDN; this app stays offline.
+        docs_url=None,
+        redoc_url=None,
+    )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err.get("loc", ())[1:]) or "request"
+            value = err.get("input")
+            got = f" (got {value[:40]!r})" if isinstance(value, str) else ""
+            problems.append(f"{name}: {err.get('msg', 'invalid')}{got}")
+        return JSONResponse({"error": "; ".join(problems)}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(_page(info), headers=_PAGE_HEADERS)
+
+    @app.get("/favicon.ico")
+    async def favicon() -> Response:
+        return Response(status_code=204)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "source": info["source"], "image_size": size}
+
+    @app.get("/api/info")
+    async def api_info() -> dict[str, Any]:
+        return info
+
+    def png_response(request: Request, data: bytes) -> Response:
+        # Long-lived caching only for URLs that name this model's version (the page's do): a plain
+        # URL would keep showing the old faces after the server restarts with another checkpoint.
+        fresh = request.query_params.get("v") == info["version"]
+        cache = f"public, max-age={CACHE_SECONDS}, immutable" if fresh else "no-cache"
+        return Response(
+            data,
+            media_type="image/png",
+            headers={"Cache-Control": cache, "X-Content-Type-Options": "nosniff"},
+        )
+
+    @app.get("/api/grid.png", response_class=Response)
+    async def api_grid(
+        request: Request,
+        seed: int = Query(0, ge=0, le=MAX_SEED),
+        n: int = Query(16, ge=1, le=max_n),
+        nrow: int = Query(8, ge=1, le=max_n),
+        bn: Literal["batch", "eval"] = Query(DEFAULT_BN_MODE),
+    ) -> Response:
+        return png_response(request, await on_model_thread(grid_png, seed, n, nrow, bn))
+
+    @app.get("/api/face.png", response_class=Response)
+    async def api_face(
+        request: Request,
+        seed: int = Query(0, ge=0, le=MAX_SEED),
+        index: int = Query(0, ge=0, le=max_n - 1),
+        scale: int = Query(face_scale, ge=1, le=MAX_SCALE),
+        bn: Literal["batch", "eval"] = Query(DEFAULT_BN_MODE),
+    ) -> Response:
+        return png_response(request, await on_model_thread(face_png, seed, index, scale, bn))
+
+    @app.get("/api/interpolate.png", response_class=Response)
+    async def api_interpolate(
+        request: Request,
+        a: int = Query(ge=0, le=MAX_SEED),
+        b: int = Query(ge=0, le=MAX_SEED),
+        t: float = Query(0.5, ge=0.0, le=1.0, allow_inf_nan=False),
+        scale: int = Query(face_scale, ge=1, le=MAX_SCALE),
+        bn: Literal["batch", "eval"] = Query(DEFAULT_BN_MODE),
+    ) -> Response:
+        return png_response(request, await on_model_thread(interpolate_png, a, b, t, scale, bn))
+
+    app.state.generator = gen
+    app.state.info = info
+    return app
+
+
+def _model_version(gen: "LoadedGenerator") -> str:
+    """A short token that changes when the checkpoint does: page URLs carry it, so caching is safe."""
+    try:
+        st = gen.source.stat()
+        key = f"{gen.source.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        key = str(gen.source)
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _png(array: "np.ndarray", scale: int = 1) -> bytes:
+    """uint8 (H, W, 3) -> PNG bytes, enlarged `scale` times with hard pixel edges."""
+    import io
+
+    from PIL import Image
+
+    im = Image.fromarray(array)
+    if scale > 1:
+        im = im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# The browser itself enforces "nothing from the internet": only this origin, inline CSS/JS, and
+# blob: images (the page shows fetched PNGs through object URLs).
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; connect-src 'self' blob:; img-src 'self' blob: data:; "
+    "style-src 'unsafe-inline'; script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+def _page(info: dict[str, Any]) -> str:
+    # "</" cannot appear inside the inline script, whatever a checkpoint's file name is.
+    config = json.dumps(info).replace("</", "<\\/")
+    return _PAGE.replace("__CONFIG__", config)
+
+
+_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>animegen</title>
+<link rel="icon" href="data:,">
+<style>
+:root { color-scheme: light dark; --bg: #f5f4f8; --card: #ffffff; --fg: #1f1c25; --muted: #6c6778;
+  --line: #e2dfe8; --accent: #d6336c; --well: #ebe8f0; }
+@media (prefers-color-scheme: dark) {
+  :root { --bg: #131217; --card: #1d1b23; --fg: #ece9f2; --muted: #9b96a8; --line: #2f2c37;
+    --accent: #f06595; --well: #111015; }
+}
+* { box-sizing: border-box; }
+body { margin: 0; background: var(--bg); color: var(--fg);
+  font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
+header { display: flex; flex-wrap: wrap; align-items: center; gap: .4rem 1.2rem; padding: .9rem 1.5rem;
+  border-bottom: 1px solid var(--line); background: var(--card); }
+header h1 { margin: 0; font-size: 1.3rem; letter-spacing: .01em; }
+header h1 b { color: var(--accent); }
+.meta { color: var(--muted); font-size: .88rem; }
+header .bn { flex-direction: row; align-items: center; gap: .5rem; }
+main { display: grid; grid-template-columns: minmax(0, 1fr) 300px; align-items: start; gap: 1.2rem;
+  max-width: 1200px; margin: 0 auto; padding: 1.2rem 1.5rem 2rem; }
+@media (max-width: 860px) { main { grid-template-columns: minmax(0, 1fr); } }
+.side { display: flex; flex-direction: column; gap: 1.2rem; }
+section { background: var(--card); border: 1px solid var(--line); border-radius: 14px;
+  padding: 1rem 1.1rem 1.1rem; }
+h2 { margin: 0 0 .8rem; font-size: 1.02rem; }
+form, .controls { display: flex; flex-wrap: wrap; align-items: flex-end; gap: .6rem; margin: 0 0 .9rem; }
+label { display: flex; flex-direction: column; gap: .2rem; font-size: .78rem; color: var(--muted); }
+input, select, button { font: inherit; color: var(--fg); background: var(--bg); border: 1px solid var(--line);
+  border-radius: 8px; padding: .34rem .55rem; }
+input[type=number] { width: 7.2rem; }
+input.small { width: 4.6rem; }
+#mix-card input[type=number] { width: 5.6rem; }
+button { cursor: pointer; }
+button:hover { border-color: var(--accent); }
+button.primary { background: var(--accent); border-color: var(--accent); color: #fff; font-weight: 600;
+  padding: .34rem 1.1rem; }
+.pic { position: relative; background: var(--well); border-radius: 10px; overflow: hidden; line-height: 0; }
+.pic img { width: 100%; height: auto; image-rendering: pixelated; transition: opacity .12s; }
+.busy .pic img { opacity: .55; }
+#grid { cursor: pointer; outline: none; }
+#grid:focus-visible { box-shadow: inset 0 0 0 3px var(--accent); }
+#marker { position: absolute; display: none; border: 2px solid var(--accent); border-radius: 3px;
+  box-shadow: 0 0 0 2px rgba(0, 0, 0, .35); pointer-events: none; }
+.foot { display: flex; justify-content: space-between; align-items: center; gap: 1rem; margin-top: .6rem;
+  font-size: .85rem; color: var(--muted); }
+a.dl { color: var(--accent); font-weight: 600; text-decoration: none; white-space: nowrap; }
+a.dl:hover { text-decoration: underline; }
+input[type=range] { width: 100%; padding: 0; accent-color: var(--accent); margin: .2rem 0 .8rem; }
+.tline { display: flex; justify-content: space-between; font-size: .8rem; color: var(--muted); }
+#status { flex: 1; margin: 0; font-size: .9rem; color: var(--muted); }
+#status.error { color: #e5484d; font-weight: 600; }
+</style>
+</head>
+<body>
+<header>
+  <h1>anime<b>gen</b></h1>
+  <span class="meta" id="meta"></span>
+  <p id="status" role="status" aria-live="polite"></p>
+  <label class="bn">BatchNorm
+    <select id="bn" title="statistics of the batch being drawn, or the running averages from training">
+      <option value="batch">batch</option><option value="eval">eval</option>
+    </select>
+  </label>
+</header>
+<main>
+  <section id="grid-card">
+    <h2>Faces from a seed</h2>
+    <form id="grid-form">
+      <label>seed <input id="seed" type="number" min="0" step="1" value="0" required></label>
+      <button type="button" id="dice" title="a random seed">random</button>
+      <label>faces <input id="n" class="small" type="number" min="1" step="1" required></label>
+      <label>per row <input id="nrow" class="small" type="number" min="1" step="1" value="8" required></label>
+      <button type="submit" id="generate" class="primary">Generate</button>
+    </form>
+    <div class="pic"><img id="grid" tabindex="0" alt="a grid of generated faces; click one to enlarge it">
+      <div id="marker"></div></div>
+    <div class="foot"><span id="grid-caption">Click a face to see it large.</span>
+      <a class="dl" id="grid-dl" hidden>Download grid PNG</a></div>
+  </section>
+  <div class="side">
+  <section id="face-card">
+    <h2>Face</h2>
+    <div class="pic"><img id="face" alt="the selected face, enlarged"></div>
+    <div class="foot"><span id="face-caption"></span><a class="dl" id="face-dl" hidden>Download PNG</a></div>
+  </section>
+  <section id="mix-card">
+    <h2>Between two seeds</h2>
+    <div class="controls">
+      <label>seed A <input id="seed-a" type="number" min="0" step="1" value="0" required></label>
+      <label>seed B <input id="seed-b" type="number" min="0" step="1" value="1" required></label>
+      <button type="button" id="swap" title="swap A and B">&#x21C4;</button>
+    </div>
+    <input id="t" type="range" min="0" max="1" step="0.01" value="0.5" aria-label="position between A and B">
+    <div class="tline"><span>A</span><span>t = <output id="t-out">0.50</output></span><span>B</span></div>
+    <div class="pic" style="margin-top:.5rem"><img id="mix" alt="a face between seed A and seed B"></div>
+    <div class="foot"><span>face 0 of each seed, spherical interpolation</span>
+      <a class="dl" id="mix-dl" hidden>Download PNG</a></div>
+  </section>
+  </div>
+</main>
+<script>
+"use strict";
+const CFG = __CONFIG__;
+const $ = (id) => document.getElementById(id);
+const state = { grid: null, face: 0, loads: 0 };
+
+function apiUrl(path, params) {
+  const q = new URLSearchParams(params);
+  q.set("bn", $("bn").value);
+  q.set("v", CFG.version);
+  return path + "?" + q.toString();
+}
+
+function setStatus(message, isError) {
+  $("status").textContent = message || "";
+  $("status").classList.toggle("error", Boolean(isError));
+}
+
+// Fetch a PNG, show it, and point the download link at it; a 4xx shows the server's message.
+async function show(img, link, href, filename) {
+  const response = await fetch(href);
+  if (!response.ok) {
+    let message = "HTTP " + response.status;
+    try { message = (await response.json()).error || message; } catch (e) { /* not JSON */ }
+    throw new Error(message);
+  }
+  const blob = await response.blob();
+  const old = img.src;
+  img.src = URL.createObjectURL(blob);
+  try { await img.decode(); } catch (e) { /* shown anyway */ }
+  if (old.startsWith("blob:")) URL.revokeObjectURL(old);
+  link.href = href;
+  link.download = filename;
+  link.hidden = false;
+}
+
+async function busy(cardId, work) {
+  $(cardId).classList.add("busy");
+  try { await work(); setStatus(""); } catch (e) { setStatus(e.message, true); }
+  finally { $(cardId).classList.remove("busy"); }
+}
+
+function generate() {
+  const seed = $("seed").value.trim(), n = $("n").value.trim(), nrow = $("nrow").value.trim();
+  return busy("grid-card", async () => {
+    const href = apiUrl("api/grid.png", { seed, n, nrow });
+    await show($("grid"), $("grid-dl"), href, `faces_seed${seed}_n${n}.png`);
+    state.grid = { seed: Number(seed), n: Number(n), cols: Math.min(Number(nrow), Number(n)) };
+    state.loads += 1;
+    Object.assign($("grid").dataset, { seed, n, loads: String(state.loads) });
+    $("grid-caption").textContent = `${n} faces from seed ${seed} \\u00b7 click one to enlarge it`;
+    await selectFace(0);
+  });
+}
+
+function placeMarker(index) {
+  const g = state.grid, img = $("grid"), cell = CFG.image_size + CFG.grid_padding;
+  const col = index % g.cols, row = Math.floor(index / g.cols), m = $("marker");
+  const w = img.naturalWidth, h = img.naturalHeight;
+  m.style.left = (100 * (col * cell + CFG.grid_padding / 2) / w) + "%";
+  m.style.top = (100 * (row * cell + CFG.grid_padding / 2) / h) + "%";
+  m.style.width = (100 * cell / w) + "%";
+  m.style.height = (100 * cell / h) + "%";
+  m.style.display = "block";
+}
+
+async function selectFace(index) {
+  const g = state.grid;
+  if (!g) return;
+  state.face = index;
+  placeMarker(index);
+  const href = apiUrl("api/face.png", { seed: g.seed, index, scale: CFG.face_scale });
+  await show($("face"), $("face-dl"), href, `face_seed${g.seed}_${index}.png`);
+  $("face-caption").textContent = `seed ${g.seed} \\u00b7 face ${index}`;
+}
+
+$("grid").addEventListener("click", (ev) => {
+  const g = state.grid, img = ev.currentTarget;
+  if (!g || !img.naturalWidth) return;
+  const box = img.getBoundingClientRect(), cell = CFG.image_size + CFG.grid_padding;
+  const x = (ev.clientX - box.left) * img.naturalWidth / box.width;
+  const y = (ev.clientY - box.top) * img.naturalHeight / box.height;
+  const rows = Math.ceil(g.n / g.cols);
+  const col = Math.max(0, Math.min(g.cols - 1, Math.floor((x - CFG.grid_padding / 2) / cell)));
+  const row = Math.max(0, Math.min(rows - 1, Math.floor((y - CFG.grid_padding / 2) / cell)));
+  const index = row * g.cols + col;
+  if (index < g.n) busy("face-card", () => selectFace(index));
+});
+
+$("grid").addEventListener("keydown", (ev) => {
+  const g = state.grid;
+  if (!g) return;
+  const step = { ArrowLeft: -1, ArrowRight: 1, ArrowUp: -g.cols, ArrowDown: g.cols }[ev.key];
+  if (step === undefined) return;
+  ev.preventDefault();
+  const index = state.face + step;
+  if (index >= 0 && index < g.n) busy("face-card", () => selectFace(index));
+});
+
+// The slider fires faster than faces are drawn: keep one request in flight and, when it ends,
+// draw only the newest position.
+let mixBusy = false, mixAgain = false;
+async function interpolate() {
+  if (mixBusy) { mixAgain = true; return; }
+  mixBusy = true;
+  try {
+    do {
+      mixAgain = false;
+      const a = $("seed-a").value.trim(), b = $("seed-b").value.trim();
+      const t = Number($("t").value).toFixed(2);
+      await busy("mix-card", () => show($("mix"), $("mix-dl"),
+        apiUrl("api/interpolate.png", { a, b, t, scale: CFG.face_scale }), `between_${a}_${b}_t${t}.png`));
+    } while (mixAgain);
+  } finally { mixBusy = false; }
+}
+
+$("grid-form").addEventListener("submit", (ev) => { ev.preventDefault(); generate(); });
+$("dice").addEventListener("click", () => {
+  $("seed").value = String(Math.floor(Math.random() * 1e6));
+  generate();
+});
+$("t").addEventListener("input", () => {
+  $("t-out").textContent = Number($("t").value).toFixed(2);
+  interpolate();
+});
+$("seed-a").addEventListener("change", interpolate);
+$("seed-b").addEventListener("change", interpolate);
+$("swap").addEventListener("click", () => {
+  [$("seed-a").value, $("seed-b").value] = [$("seed-b").value, $("seed-a").value];
+  interpolate();
+});
+$("bn").addEventListener("change", () => { generate(); interpolate(); });
+
+for (const id of ["seed", "seed-a", "seed-b"]) $(id).max = String(CFG.max_seed);
+$("n").max = $("nrow").max = String(CFG.max_n);
+$("n").value = String(Math.min(32, CFG.max_n));
+$("bn").value = CFG.default_bn;
+const trained = CFG.epochs_done != null ? ` \\u00b7 ${CFG.epochs_done} epochs` : "";
+$("meta").textContent = `${CFG.source} \\u00b7 ${CFG.arch} \\u00b7 ${CFG.image_size} px${trained}`;
+generate();
+interpolate();
+</script>
+</body>
+</html>
+"""
+
+
+def bind(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> socket.socket:
+    """A bound TCP socket for uvicorn; a busy port or a bad host is a one-line UserError."""
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port must be between 0 and 65535, not {port}")
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as e:
+        raise UserError(f"--host {host}: cannot resolve it ({e.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        raise UserError(
+            f"cannot listen on {host}:{port}: {e.strerror or e} (choose another --port)"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+class BackgroundServer:
+    """Serve an app with uvicorn on a daemon thread: `with BackgroundServer(app) as url: ...`.
+
+    For tests and notebooks; port 0 picks a free port. Leaving the block stops the server.
+    """
+
+    def __init__(self, app: Any, host: str = DEFAULT_HOST, port: int = 0):
+        self.app, self.host, self.port = app, host, port
+        self.url = ""
+
+    def __enter__(self) -> str:
+        import uvicorn
+
+        self._sock = bind(self.host, self.port)
+        self.url = _url(self._sock)
+        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True, name="animegen-serve"
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.__exit__(None, None, None)
+                raise RuntimeError(f"uvicorn did not start on {self.url}")
+            time.sleep(0.01)
+        return self.url
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=30)
+        self._sock.close()
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        import fastapi  # noqa: F401 - only checks that the extra is installed
+        import uvicorn
+    except ImportError:
+        raise UserError("animegen serve needs fastapi and uvicorn: pip install 'animegen[serve]'") from None
+    from animegen.generate import load_generator
+    from animegen.training.loop import resolve_device
+
+    if not 1 <= args.max_n <= MAX_N_LIMIT:
+        raise UserError(f"--max-n must be between 1 and {MAX_N_LIMIT}, not {args.max_n}")
+    sock = bind(args.host, args.port)
+    gen = load_generator(args.checkpoint, device=str(resolve_device(args.device)))
+    for note in gen.info.get("notes", []):
+        print(f"warning: skipped damaged checkpoint: {note}", file=sys.stderr)
+    app = create_app(gen, max_n=args.max_n)
+    if not _is_loopback(args.host):
+        print(
+            f"warning: listening on {args.host}: anyone who can reach this machine can use the demo",
+            file=sys.stderr,
+        )
+    print(f"serving {gen.source} at {_url(sock)}/ (Ctrl-C to stop)", flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    return 0
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register `animegen serve` on the CLI's subparsers."""
+    p = subparsers.add_parser(
+        "serve",
+        help="open a browser demo of a checkpoint (grid, large faces, interpolation)",
+        formatter_class=_Formatter,
+        description="Serve a local web page for CKPT (a checkpoint file, a run dir or a tutorial\n"
+        "netG_NNN.pth): faces from a seed, a face enlarged, a slider between two seeds, PNG\n"
+        "downloads. The page loads nothing from the internet.",
+        epilog="examples:\n  animegen serve runs/default            # then open http://127.0.0.1:7860/\n"
+        "  animegen serve runs/default --port 8000 --max-n 128",
+    )
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument(
+        "--host", default=DEFAULT_HOST, help="address to listen on (0.0.0.0 exposes it to the network)"
+    )
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (0 picks a free one)")
+    p.add_argument("--max-n", type=int, default=DEFAULT_MAX_N, help="most faces one grid may ask for")
+    p.add_argument("--device", default="cpu", help="cpu, auto, cuda, cuda:N or mps")
+    p.set_defaults(func=_run)
+    return p
