@@ -177,3 +177,35 @@ def test_train_on_a_junk_folder_warns_once_and_uses_exactly_the_good_images(junk
     print(
         f"\nhostile corpus: {n_bad + n_good} files ({n_bad} skipped) + 2 symlinks, train took {seconds:.0f} s"
     )
+
+
+def test_evaluate_on_a_junk_folder_warns_once_and_compares_the_good_images(junk_folder, tmp_path):
+    """`animegen evaluate` reads the same hostile folder: exit 0, one warning line, no traceback, and
+    the real side holds exactly the usable images."""
+    from animegen.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(junk_folder), "--epochs", "1", "--run-dir", str(run), *TINY]) == 0
+    out = tmp_path / "eval.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    argv = [
+        sys.executable,
+        "-m",
+        "animegen",
+        "evaluate",
+        str(run),
+        "--data",
+        str(junk_folder),
+        "--n",
+        "64",
+        "--metrics",
+        "swd",
+        "--json",
+        str(out),
+        "--quiet",
+    ]
+    proc = subprocess.run(argv, capture_output=True, env=env, timeout=240, check=False)
+    err = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and len([x for x in err.splitlines() if x.strip()]) == 1
+    assert json.loads(out.read_text())["n_real"] == GOOD_PLAIN + len(GOOD_ODD)

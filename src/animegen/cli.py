@@ -371,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--bn",
         choices=["batch", "eval"],
-        default="batch",
+        default="eval",
         help="BatchNorm statistics at sampling time (see README)",
     )
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
@@ -390,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=int, default=15)
     p.add_argument("--scale", type=int, default=1, help="enlarge frames by this integer factor")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bn", choices=["batch", "eval"], default="batch")
+    p.add_argument("--bn", choices=["batch", "eval"], default="eval")
     p.add_argument("--device")
     p.set_defaults(func=_interpolate)
     p = sub.add_parser(
@@ -425,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nearest-out", default="nearest.png", metavar="PNG")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bn", choices=["batch", "eval"], default="batch")
+    p.add_argument("--bn", choices=["batch", "eval"], default="eval")
     p.add_argument("--limit", type=int, help="use only the first N files of the folder")
     p.add_argument("--cache-dir", metavar="DIR")
     p.add_argument("--device")

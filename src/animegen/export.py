@@ -39,7 +39,7 @@ MAX_OPSET = 23
 INPUT_NAME = "z"
 OUTPUT_NAME = "images"
 BN_MODES = ("batch", "eval")  # the same as animegen.generate.BN_MODES, which imports torch
-DEFAULT_BN_MODE = "batch"  # = animegen.generate.DEFAULT_BN_MODE; test_export checks they agree
+DEFAULT_BN_MODE = "eval"  # = animegen.generate.DEFAULT_BN_MODE; test_export checks they agree
 
 
 @functools.cache
