@@ -153,3 +153,43 @@ def test_quiet_prints_nothing_on_stdout(tmp_path):
     assert proc.stdout.decode() == ""
     err = proc.stderr.decode().splitlines()
     assert len(err) == 1 and err[0].startswith("warning: skipped 1 of 17 files"), err
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(image_folder, tmp_path):
+    """SIGINT mid-run finishes the step, writes a readable checkpoint at the exact position, exits 130,
+    and the run resumes from it."""
+    import signal
+
+    from animegen.training import checkpoint as ckpt
+
+    run = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "animegen",
+            "train",
+            "--data",
+            str(image_folder),
+            "--epochs",
+            "500",
+            "--run-dir",
+            str(run),
+            *LOUD,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    deadline = time.monotonic() + 180
+    while not (run / "log.jsonl").exists() or not (run / "log.jsonl").read_text().strip():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()
+    assert b"interrupted: saved" in err and b"Traceback" not in err
+    path, _ = ckpt.latest_good_checkpoint(run / "checkpoints")
+    _, meta = ckpt.read_checkpoint(path)
+    assert 0 < meta["iteration"] < 500 * 5
