@@ -81,7 +81,7 @@ def test_onnx_file_format(gen, tmp_path):
     onnx.checker.check_model(model)
     assert {o.domain: o.version for o in model.opset_import}[""] == 13
     meta = {p.key: p.value for p in model.metadata_props}
-    assert meta["animegen.z_dim"] == str(gen.z_dim) and meta["animegen.bn_mode"] == "batch"
+    assert meta["animegen.z_dim"] == str(gen.z_dim) and meta["animegen.bn_mode"] == export.DEFAULT_BN_MODE
     assert [p.name for p in tmp_path.joinpath("sub").iterdir()] == ["g.onnx"]  # no temp file left
     default = onnx.load(str(export.export_onnx(gen, tmp_path / "d.onnx")))
     assert {o.domain: o.version for o in default.opset_import}[""] == export.DEFAULT_OPSET == 17
@@ -107,7 +107,9 @@ def test_onnx_runs_with_onnxruntime_alone(gen, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
-    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), _reference(gen, z, "batch"), atol=1e-4)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "out.npy"), _reference(gen, z, export.DEFAULT_BN_MODE), atol=1e-4
+    )
 
 
 @pytest.mark.parametrize("bn_mode", ["batch", "eval"])

@@ -22,6 +22,7 @@ from PIL import Image
 from animegen import load_generator, serve
 from animegen.cli import main
 from animegen.errors import UserError
+from animegen.generate import DEFAULT_BN_MODE
 from animegen.visual import make_grid
 
 pytest.importorskip("fastapi")
@@ -59,7 +60,7 @@ def _png(response) -> np.ndarray:
         return np.asarray(im)
 
 
-def _face(gen, seed: int, index: int, bn: str = "batch") -> np.ndarray:
+def _face(gen, seed: int, index: int, bn: str = DEFAULT_BN_MODE) -> np.ndarray:
     return gen.sample(index + 1, seed=seed, bn_mode=bn)[index].permute(1, 2, 0).numpy()
 
 
