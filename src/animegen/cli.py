@@ -304,6 +304,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runs(args: argparse.Namespace) -> int:
+    from animegen.runs import print_runs
+
+    return print_runs(args.root)
+
+
 def _device(name: str | None) -> str:
     from animegen.training.loop import resolve_device
 
@@ -370,8 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="same seed, same faces")
     p.add_argument(
         "--bn",
-        choices=["batch", "eval"],
-        default="eval",
+        choices=export.BN_MODES,
+        default=export.DEFAULT_BN_MODE,
         help="BatchNorm statistics at sampling time (see README)",
     )
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
@@ -390,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=int, default=15)
     p.add_argument("--scale", type=int, default=1, help="enlarge frames by this integer factor")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bn", choices=["batch", "eval"], default="eval")
+    p.add_argument("--bn", choices=export.BN_MODES, default=export.DEFAULT_BN_MODE)
     p.add_argument("--device")
     p.set_defaults(func=_interpolate)
     p = sub.add_parser(
@@ -425,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nearest-out", default="nearest.png", metavar="PNG")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bn", choices=["batch", "eval"], default="eval")
+    p.add_argument("--bn", choices=export.BN_MODES, default=export.DEFAULT_BN_MODE)
     p.add_argument("--limit", type=int, help="use only the first N files of the folder")
     p.add_argument("--cache-dir", metavar="DIR")
     p.add_argument("--device")
@@ -439,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  animegen runs runs/",
     )
     p.add_argument("root", nargs="?", default="runs", metavar="DIR")
-    p.set_defaults(func=lambda a: __import__("animegen.runs", fromlist=["print_runs"]).print_runs(a.root))
+    p.set_defaults(func=_runs)
     export.add_parser(sub)
     serve.add_parser(sub)
     return parser
