@@ -84,14 +84,18 @@ class BenchConfig:
 CONFIGS: tuple[BenchConfig, ...] = (
     BenchConfig("reference", None, note="tutorial trainer, batch 8"),
     BenchConfig("seed", "seed", note="same math as the reference"),
-    BenchConfig("default", "default", note="batch 64, channels_last on, amp off, threads auto"),
+    BenchConfig("default", "default", note="batch 64, channels_last on, amp auto (bf16 on a GPU only)"),
     BenchConfig("default/amp=bf16", "default", ("--amp", "bf16")),
+    BenchConfig("default/amp=off", "default", ("--amp", "off")),
+    BenchConfig("default/compile", "default", ("--compile", "default")),
+    BenchConfig("default/compile=reduce-overhead", "default", ("--compile", "reduce-overhead")),
     BenchConfig("default/channels_last=false", "default", ("--set", "train.channels_last=false")),
     BenchConfig("default/threads=1", "default", ("--set", "train.threads=1")),
     BenchConfig("default/threads=2", "default", ("--set", "train.threads=2")),
     BenchConfig("default/batch=8", "default", ("--batch-size", "8")),
     BenchConfig("default/batch=32", "default", ("--batch-size", "32")),
     BenchConfig("default/batch=128", "default", ("--batch-size", "128")),
+    BenchConfig("default/batch=256", "default", ("--batch-size", "256")),
 )
 QUICK_CONFIGS = ("reference", "seed")
 
@@ -105,6 +109,7 @@ class Result:
     dtype: str
     threads: int
     images_per_s: float | None = None
+    warmup_s: float | None = None  # from the run's start to the first timed step: includes compiling
     timed_steps: int = 0
     skipped_epoch_ends: int = 0
     peak_rss_mb: float | None = None
@@ -193,15 +198,28 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, threads: int, budget_s: float = 3.0) -> float:
+def compute_dtype(cfg: Config, device: torch.device) -> str:
+    """What the convolutions compute in: bf16 under autocast; on a GPU, fp32 convolutions run as
+    TF32 (cuDNN's default, torch.backends.cudnn.allow_tf32), so their peak is the TF32 one."""
+    from animegen.training.step import resolve_amp
+
+    if resolve_amp(cfg.train.amp, device) == "bf16":
+        return "bf16"
+    return "tf32" if device.type == "cuda" else "fp32"
+
+
+def matmul_peak(device: torch.device, dtype_name: str, threads: int, budget_s: float = 3.0) -> float:
     """Best FLOP/s of square torch.mm on `device` in `dtype` with `threads` CPU threads.
 
     The size grows from 256 while one product takes under a tenth of the budget (up to 2048 on a
     CPU, 8192 on a GPU): a CPU without native bf16 runs bf16 matmuls ~100x slower than fp32, and a
     fixed 2048 x 2048 product would then take most of a minute.
     """
+    dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
     previous = torch.get_num_threads()
+    previous_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.set_num_threads(threads)
+    torch.backends.cuda.matmul.allow_tf32 = dtype_name == "tf32"
     try:
         limit = 8192 if device.type == "cuda" else 2048
         n = 256
@@ -229,6 +247,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, threads: int, budget_s
         return best
     finally:
         torch.set_num_threads(previous)
+        torch.backends.cuda.matmul.allow_tf32 = previous_tf32
 
 
 # ---- running one configuration -------------------------------------------------------------------
@@ -257,7 +276,7 @@ def run_child(cmd: list[str], env: dict[str, str], log: Path, timeout: float) ->
 
 def log_throughput(rows: list[dict[str, Any]], warmup: int, batch: int) -> tuple[float, int, int]:
     """(images/s, timed steps, skipped epoch-end gaps) from log.jsonl rows after `warmup` iterations."""
-    rows = [r for r in rows if r["iteration"] >= warmup]
+    rows = [r for r in rows if r["iteration"] >= warmup and "loss_D" in r]
     steps, seconds, skipped = 0, 0.0, 0
     for a, b in zip(rows, rows[1:], strict=False):
         if a["epoch"] != b["epoch"]:  # this gap holds the epoch's sample grid and checkpoint
@@ -286,7 +305,8 @@ def child_env(hide_gpus: bool) -> dict[str, str]:
     return env
 
 
-FLAG_KEYS = {"--amp": "train.amp", "--batch-size": "train.batch_size"}  # the flags CONFIGS use
+# the flags CONFIGS use
+FLAG_KEYS = {"--amp": "train.amp", "--batch-size": "train.batch_size", "--compile": "train.compile"}
 
 
 def resolve(bc: BenchConfig, args: argparse.Namespace) -> Config:
@@ -377,6 +397,9 @@ def run_animegen(
         result.images_per_s, result.timed_steps, result.skipped_epoch_ends = log_throughput(
             rows, args.warmup, cfg.train.batch_size
         )
+        result.warmup_s = next(
+            r["wall_time"] for r in rows if r["iteration"] >= args.warmup and "loss_D" in r
+        )
     except (OSError, ValueError, KeyError) as e:
         result.error = f"{type(e).__name__}: {e}"
 
@@ -393,7 +416,7 @@ def fmt(value: float | None, width: int, digits: int, suffix: str = "") -> str:
 def print_header_row() -> None:
     print(
         f"{'config':<29} {'batch':>5} {'dtype':>5} {'thr':>3} {'images/s':>9} {'x ref':>6} "
-        f"{'ms/step':>8} {'RSS MB':>7} {'MFU':>6} {'load1':>5} {'spread':>6}"
+        f"{'ms/step':>8} {'RSS MB':>7} {'MFU':>6} {'load1':>5} {'spread':>6} {'warm-up s':>9}"
     )
 
 
@@ -404,7 +427,7 @@ def print_row(r: Result) -> None:
         f"{r.name:<29} {r.batch:>5} {r.dtype:>5} {r.threads:>3} {fmt(r.images_per_s, 9, 2)} "
         f"{fmt(r.ratio_to_reference, 6, 2)} {fmt(ms, 8, 1)} {fmt(r.peak_rss_mb, 7, 0)} "
         f"{fmt(mfu, 5, 1, '%')} {fmt(r.load_before, 5, 2)} "
-        f"{fmt(None if r.spread is None else r.spread * 100, 5, 1, '%')}"
+        f"{fmt(None if r.spread is None else r.spread * 100, 5, 1, '%')} {fmt(r.warmup_s, 9, 1)}"
     )
     if r.error:
         print(f"    failed: {r.error}")
@@ -587,11 +610,10 @@ def main(argv: list[str] | None = None) -> int:
         # The peak each row is measured against: (dtype, threads) as that row computes.
         peaks: dict[tuple[str, int], float] = {}
         for _, cfg in rows:
-            dtype = "bf16" if cfg.train.amp == "bf16" else "fp32"
+            dtype = compute_dtype(cfg, device)
             threads = cfg.train.threads or default_threads
             if (dtype, threads) not in peaks:
-                torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
-                peaks[(dtype, threads)] = matmul_peak(device, torch_dtype, threads)
+                peaks[(dtype, threads)] = matmul_peak(device, dtype, threads)
         if device.type == "cpu" and any(d == "bf16" for d, _ in peaks) and not cpu_has_native_bf16():
             print(
                 "note: this CPU has no avx512_bf16/amx_bf16: bf16 is emulated, expect --amp bf16 to be slow"
@@ -614,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
         rounds: dict[str, list[Result]] = {bc.name: [] for bc, _ in rows}
         for i in range(args.repeat):
             for bc, cfg in rows:
-                dtype = "bf16" if cfg.train.amp == "bf16" else "fp32"
+                dtype = compute_dtype(cfg, device)
                 threads = cfg.train.threads or default_threads
                 batch = REFERENCE_BATCH if bc.preset is None else cfg.train.batch_size
                 r = Result(bc.name, batch, dtype, threads, load_before=load1())

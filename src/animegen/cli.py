@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from animegen import __version__, export, serve
+from animegen.config import AMP_MODES, COMPILE_MODES
 from animegen.errors import UserError
 
 EXIT_USAGE = 2
@@ -50,7 +51,27 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
         "--hflip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips"
     )
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--amp", choices=["off", "bf16"], help="bf16 autocast for the forward passes")
+    p.add_argument(
+        "--amp", choices=AMP_MODES, help="bf16 autocast for the forward passes (auto: bf16 on a GPU only)"
+    )
+    p.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        help="torch.compile G and D (reduce-overhead adds CUDA graphs); the first steps take longer",
+    )
+    p.add_argument(
+        "--holdout",
+        type=float,
+        metavar="FRACTION",
+        help="keep this fraction of the images out of training, for --eval-every",
+    )
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        metavar="N",
+        help="every N iterations: FID/KID/SWD on the held-out images into log.jsonl, "
+        "and checkpoints/best.safetensors by FID (SWD without the Inception weights)",
+    )
     p.add_argument("--max-steps", type=int, metavar="N", help="stop after N iterations in total (quick runs)")
     p.add_argument("--checkpoint-every", type=int, metavar="N", help="also checkpoint every N iterations")
     p.add_argument(
@@ -89,6 +110,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
         "train.seed": args.seed,
         "train.device": args.device,
         "train.amp": args.amp,
+        "train.compile": args.compile,
+        "train.eval_every": args.eval_every,
+        "data.holdout": args.holdout,
         "train.max_steps": args.max_steps,
         "train.checkpoint_every": args.checkpoint_every,
         "train.sync_bn": args.sync_bn,
@@ -228,17 +252,50 @@ def _generate(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise UserError("-n must be at least 1")
+    if args.best_of is not None and args.best_of < args.n:
+        raise UserError(
+            f"--best-of {args.best_of}: the number of candidates must be at least -n ({args.n}), "
+            f"e.g. --best-of {4 * args.n}"
+        )
     if not args.grid and not args.outdir:
         args.grid = "samples.png"
     gen = load_generator(args.checkpoint, device=_device(args.device))
     for note in gen.info.get("notes", []):
         print(f"warning: skipped damaged checkpoint: {note}", file=sys.stderr)
+    if args.best_of is not None:
+        return _generate_best_of(args, gen)
     if args.grid:
         path = write_grid(gen, args.n, args.grid, nrow=args.nrow, seed=args.seed, bn_mode=args.bn)
         print(f"wrote {args.n} faces to {path}")
     if args.outdir:
         paths = write_files(gen, args.n, args.outdir, seed=args.seed, bn_mode=args.bn)
         print(f"wrote {len(paths)} files to {args.outdir}")
+    return 0
+
+
+def _generate_best_of(args: argparse.Namespace, gen) -> int:
+    from animegen.best_of import best_of, load_discriminator
+    from animegen.visual import save_grid, save_png
+
+    # gen.source is the resolved file, so D comes from the very checkpoint G came from.
+    disc = load_discriminator(gen.source, device=gen.device)
+    images, scores, indices = best_of(gen, disc, args.n, args.best_of, seed=args.seed, bn_mode=args.bn)
+    print(
+        f"kept the {len(images)} best of {args.best_of} candidates by discriminator score "
+        f"({scores[0].item():.4g} down to {scores[-1].item():.4g})"
+    )
+    if args.grid:
+        save_grid(images, args.grid, nrow=args.nrow)
+        print(f"wrote {len(images)} faces to {args.grid}")
+    if args.outdir:
+        outdir = Path(args.outdir)
+        outdir.mkdir(parents=True, exist_ok=True)
+        width = max(3, len(str(len(images) - 1)))
+        for rank, (img, idx) in enumerate(zip(images, indices.tolist(), strict=True)):
+            # Rank first so the files list best first; seed and candidate index regenerate the face.
+            name = f"best{rank:0{width}d}_seed{args.seed}_{idx:06d}.png"
+            save_png(img.permute(1, 2, 0).numpy(), outdir / name)
+        print(f"wrote {len(images)} files to {args.outdir}")
     return 0
 
 
@@ -279,10 +336,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     nearest_out = Path(args.nearest_out) if args.nearest else None
+    real_images, data_key = real.images, real.key
+    if args.holdout:
+        from animegen.data.split import holdout_split
+
+        if not 0 < args.holdout < 1:
+            raise UserError(f"--holdout must be in (0, 1), not {args.holdout}")
+        _, held = holdout_split(len(real), args.holdout)
+        # The same rows, and the same feature-cache key, as training's --holdout on this folder.
+        real_images, data_key = real.images[held], f"{real.key}|holdout={args.holdout}"
     result = evaluate(
         gen,
-        real.images,
-        data_key=real.key,
+        real_images,
+        data_key=data_key,
         cache_dir=real.cache_path,
         n=args.n,
         metrics=metrics,
@@ -364,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="CKPT is a checkpoint file, a run dir (its newest checkpoint) or a tutorial "
         "netG_NNN.pth.",
         epilog="examples:\n  animegen generate runs/default -n 64 --grid faces.png\n"
-        "  animegen generate runs/default -n 1000 --outdir faces/ --seed 7",
+        "  animegen generate runs/default -n 1000 --outdir faces/ --seed 7\n"
+        "  animegen generate runs/default -n 16 --best-of 256 --grid best.png",
     )
     p.add_argument("checkpoint", metavar="CKPT")
     p.add_argument("-n", type=int, default=64, help="number of faces")
@@ -373,6 +440,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--nrow", type=int, default=8, help="faces per grid row")
     p.add_argument("--outdir", metavar="DIR", help="write one PNG per face")
+    p.add_argument(
+        "--best-of",
+        type=int,
+        metavar="N",
+        help="draw N candidates and keep the -n that the checkpoint's discriminator scores highest "
+        "(needs a training checkpoint)",
+    )
     p.add_argument("--seed", type=int, default=0, help="same seed, same faces")
     p.add_argument(
         "--bn",
@@ -433,6 +507,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bn", choices=export.BN_MODES, default=export.DEFAULT_BN_MODE)
     p.add_argument("--limit", type=int, help="use only the first N files of the folder")
+    p.add_argument(
+        "--holdout",
+        type=float,
+        metavar="FRACTION",
+        help="compare against the part that training's --holdout FRACTION kept out (same --limit)",
+    )
     p.add_argument("--cache-dir", metavar="DIR")
     p.add_argument("--device")
     p.add_argument("--quiet", action="store_true")

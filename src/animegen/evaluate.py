@@ -98,8 +98,12 @@ def evaluate(
     nearest: int = 0,
     nearest_out: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    extractor: Any = None,
 ) -> dict[str, Any]:
-    """Compare `n` generated faces with up to `n` real ones; returns a JSON-ready dict."""
+    """Compare `n` generated faces with up to `n` real ones; returns a JSON-ready dict.
+
+    `extractor`: an InceptionFeatures already loaded (periodic evaluation during training reuses one).
+    """
     started = time.perf_counter()
     device = gen.device
     n = n or default_n(device)
@@ -122,7 +126,7 @@ def evaluate(
     if need_inception:
         from animegen.metrics import InceptionFeatures, fid_from_features, kid_from_features
 
-        extractor = InceptionFeatures(inception_path, device)
+        extractor = extractor or InceptionFeatures(inception_path, device)
         say(f"Inception features of {len(idx):,} real faces")
         real_f = real_features(real_images, idx, cache_dir, data_key, extractor, inception_path)
         say(f"Inception features of {len(fake):,} generated faces")

@@ -30,7 +30,8 @@ def summarize(run: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         cfg = {}
     rows = read_log(run / "log.jsonl")
-    last = rows[-1] if rows else {}
+    train_rows = [r for r in rows if "loss_D" in r]  # evaluation rows carry metrics only
+    last = train_rows[-1] if train_rows else {}
     ckpts = list_checkpoints(run / "checkpoints")
     epochs_done = int(CKPT_RE.match(ckpts[-1].name).group(1)) if ckpts else 0
     fids = [r["fid"] for r in rows if isinstance(r.get("fid"), (int, float))]

@@ -30,6 +30,17 @@ def derived_seed(seed: int, *parts: int) -> int:
     return _mix(seed, *parts)
 
 
+def upload(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a small host tensor to `device` without making the host wait for the GPU.
+
+    A plain `.to("cuda")` from pageable memory synchronises the stream, which on a GPU stops the
+    host from queueing the next kernels; staging through pinned memory makes the copy asynchronous.
+    """
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 class BatchFeeder:
     """Yields float batches in [-1, 1] on `device` from a (N, 3, S, S) uint8 array."""
 
@@ -44,8 +55,11 @@ class BatchFeeder:
         rank: int = 0,
         world_size: int = 1,
         resident: bool | None = None,
+        indices: np.ndarray | None = None,
     ):
-        self.n = int(images.shape[0])
+        # `indices`: train on these rows only (the rest is held out for evaluation).
+        self.index = None if indices is None else torch.from_numpy(np.asarray(indices, dtype=np.int64))
+        self.n = int(images.shape[0]) if indices is None else len(self.index)
         self.batch_size = batch_size
         self.device = device
         self.seed = seed
@@ -70,8 +84,10 @@ class BatchFeeder:
         return self.steps_per_epoch
 
     def permutation(self, epoch: int) -> torch.Tensor:
+        """Rows of the image array in this epoch's order."""
         g = torch.Generator().manual_seed(derived_seed(self.seed, 1, epoch))
-        return torch.randperm(self.n, generator=g)
+        perm = torch.randperm(self.n, generator=g)
+        return perm if self.index is None else self.index[perm]
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
         """Batches `start`.. of `epoch` for this rank."""
@@ -85,7 +101,7 @@ class BatchFeeder:
 
     def batch(self, idx: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
         if self.resident:
-            raw = self.source[idx.to(self.device)]
+            raw = self.source[upload(idx, self.device)]
         else:
             # Sorted reads are kinder to a memmap on disk; the batch order is restored after.
             order = torch.argsort(idx)
@@ -99,7 +115,7 @@ class BatchFeeder:
             g = torch.Generator().manual_seed(derived_seed(self.seed, 2, epoch, step))
             lo = self.rank * self.batch_size
             flip = (torch.rand(self.batch_size * self.world_size, generator=g) < 0.5)[lo : lo + len(idx)]
-            flip = flip.to(self.device)
+            flip = upload(flip, self.device)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

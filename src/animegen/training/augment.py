@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from animegen.data.batches import upload
+
 POLICIES = ("color", "translation", "cutout")
 
 
@@ -22,7 +24,7 @@ def parse_policy(text: str) -> tuple[str, ...]:
 
 
 def _rand(g: torch.Generator, n: int, device: torch.device, *shape: int) -> torch.Tensor:
-    return torch.rand(n, *shape, generator=g).to(device)
+    return upload(torch.rand(n, *shape, generator=g), device)
 
 
 def color(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -37,8 +39,8 @@ def color(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 def translation(x: torch.Tensor, g: torch.Generator, ratio: float = 0.125) -> torch.Tensor:
     n, _, h, w = x.shape
     sh, sw = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    ty = torch.randint(-sh, sh + 1, (n,), generator=g).to(x.device, x.dtype)
-    tx = torch.randint(-sw, sw + 1, (n,), generator=g).to(x.device, x.dtype)
+    ty = upload(torch.randint(-sh, sh + 1, (n,), generator=g), x.device).to(x.dtype)
+    tx = upload(torch.randint(-sw, sw + 1, (n,), generator=g), x.device).to(x.dtype)
     theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
     theta[:, 0, 0] = 1
     theta[:, 1, 1] = 1
@@ -52,8 +54,8 @@ def translation(x: torch.Tensor, g: torch.Generator, ratio: float = 0.125) -> to
 def cutout(x: torch.Tensor, g: torch.Generator, ratio: float = 0.5) -> torch.Tensor:
     n, _, h, w = x.shape
     ch, cw = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    cy = torch.randint(0, h + (1 - ch % 2), (n, 1, 1), generator=g).to(x.device)
-    cx = torch.randint(0, w + (1 - cw % 2), (n, 1, 1), generator=g).to(x.device)
+    cy = upload(torch.randint(0, h + (1 - ch % 2), (n, 1, 1), generator=g), x.device)
+    cx = upload(torch.randint(0, w + (1 - cw % 2), (n, 1, 1), generator=g), x.device)
     ys = torch.arange(h, device=x.device)[None, :, None]
     xs = torch.arange(w, device=x.device)[None, None, :]
     inside = (ys >= cy - ch // 2) & (ys < cy - ch // 2 + ch) & (xs >= cx - cw // 2) & (xs < cx - cw // 2 + cw)

@@ -20,14 +20,16 @@ import torch
 from animegen.config import Config
 from animegen.data.batches import BatchFeeder, derived_seed
 from animegen.data.cache import ImageSet, load_demo, load_folder
+from animegen.data.split import holdout_split
 from animegen.errors import CheckpointError, UserError
 from animegen.models import build_models
 from animegen.training import checkpoint as ckpt
 from animegen.training import distributed
 from animegen.training.augment import parse_policy
+from animegen.training.ema import GeneratorEMA
 from animegen.training.monitor import Monitor
 from animegen.training.progress import Reporter
-from animegen.training.step import make_loss, train_step
+from animegen.training.step import make_loss, resolve_amp, train_step
 from animegen.visual import make_grid, save_png
 
 
@@ -123,24 +125,30 @@ class Trainer:
         # The DDP wrappers train; the bare modules are what checkpoints and samples see.
         self.G = distributed.wrap(self.netG, self.dist, self.device)
         self.D = distributed.wrap(self.netD, self.dist, self.device)
+        self.D_for_g: torch.nn.Module = self.netD
+        if cfg.train.compile != "off":
+            mode = None if cfg.train.compile == "default" else cfg.train.compile
+            self.G = torch.compile(self.G, mode=mode)
+            self.D = torch.compile(self.D, mode=mode)
+            self.D_for_g = torch.compile(self.netD, mode=mode) if self.dist.enabled else self.D
+        self.amp = resolve_amp(cfg.train.amp, self.device)
         o = cfg.optim
         fused = {"fused": True} if self.device.type == "cuda" else {}
         self.optG = torch.optim.Adam(self.netG.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2), **fused)
         self.optD = torch.optim.Adam(self.netD.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2), **fused)
         self.loss = make_loss(o.loss, o.label_smoothing)
         self.augment = parse_policy(o.augment)
-        self.ema = None
-        if o.ema:
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-            # Buffers are averaged too, so eval-mode BatchNorm statistics follow the averaged weights.
-            self.ema = AveragedModel(self.netG, multi_avg_fn=get_ema_multi_avg_fn(o.ema), use_buffers=True)
+        self.ema = GeneratorEMA(self.netG, o.ema) if o.ema else None
         self.fixed_noise = fixed_noise(cfg.train.sample_count, cfg.model.z_dim, cfg.train.seed).to(
             self.device
         )
         self.resume_from = resume_from
         self.images: ImageSet | None = None
         self.monitor: Monitor | None = None
+        self.evaluator = None
+        # The best evaluation so far: {"metric", "score", "iteration"}; kept in checkpoints.
+        self.best: dict[str, Any] = {}
+        self._last_eval = -1
 
     # ---- setup ----------------------------------------------------------------------------------
 
@@ -154,10 +162,22 @@ class Trainer:
         if not self.dist.is_main:
             self.images = load_images(self.cfg)
         self.reporter.data_summary(self.images)
-        if len(self.images) < self.cfg.train.batch_size:
+        train_rows, held_rows = holdout_split(len(self.images), self.cfg.data.holdout)
+        if len(train_rows) < self.cfg.train.batch_size:
+            held = f" after holding out {len(held_rows)}" if len(held_rows) else ""
             raise UserError(
-                f"{self.images.source}: {len(self.images)} usable images, fewer than one batch of "
+                f"{self.images.source}: {len(train_rows)} usable images{held}, fewer than one batch of "
                 f"{self.cfg.train.batch_size} (lower --batch-size)"
+            )
+        if len(held_rows):
+            self.reporter.info(
+                f"holding out {len(held_rows)} of {len(self.images)} images for evaluation (never trained on)"
+            )
+        if self.cfg.train.eval_every and self.dist.is_main:
+            from animegen.training.evaluator import PeriodicEvaluator
+
+            self.evaluator = PeriodicEvaluator(
+                self.cfg, self.images, held_rows, self.device, warn=self.reporter.warn
             )
         self.feeder = BatchFeeder(
             self.images.images,
@@ -168,6 +188,7 @@ class Trainer:
             channels_last=self.cfg.train.channels_last,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
+            indices=train_rows if len(held_rows) else None,
         )
         if self.resume_from is not None:
             self._restore(self.resume_from)
@@ -227,6 +248,7 @@ class Trainer:
             "optG": mg,
             "optD": md,
             "rng": mr,
+            "best": self.best,
         }
         return tensors, meta
 
@@ -268,6 +290,7 @@ class Trainer:
         if self.pos.step >= len(self.feeder):
             self.pos = Position(self.pos.epoch + 1, 0, self.pos.iteration)
         self.wall_offset = float(meta.get("wall_time", 0.0))
+        self.best = dict(meta.get("best") or {})
         if self.images is not None and meta.get("data_key") not in (None, self.images.key):
             self.reporter.warn(
                 f"the data changed since {path.name} was written ({meta.get('data_count')} -> "
@@ -296,22 +319,68 @@ class Trainer:
 
     def write_samples(self, epoch_number: int) -> Path:
         from animegen.generate import sample_images
-        from animegen.models import Generator
 
         path = self.samples_dir / f"epoch_{epoch_number:03d}.png"
         if not self.dist.is_main:
             return path
-        net: torch.nn.Module = self.ema.module if self.ema is not None else self.netG
-        if self.dist.enabled:
-            # Synchronised BatchNorm would wait for the other ranks: sample from a plain copy.
-            net = Generator(self.cfg.model).to(self.device)
-            net.load_state_dict(distributed.unwrap(self.ema.module if self.ema else self.netG).state_dict())
-        images = sample_images(net, self.fixed_noise, bn_mode="batch")
+        images = sample_images(self._sampling_net(), self.fixed_noise, bn_mode="batch")
         grid = make_grid(images, nrow=int(math.sqrt(len(images))) or 1)
         save_png(grid, path)
         if self.monitor is not None:
             self.monitor.epoch(epoch_number, self.pos.iteration, grid)
         return path
+
+    def _sampling_net(self) -> torch.nn.Module:
+        """The generator that samples and evaluation see: the EMA copy when there is one."""
+        from animegen.models import Generator
+
+        net: torch.nn.Module = self.ema.module if self.ema is not None else self.netG
+        if self.dist.enabled:
+            # Synchronised BatchNorm would wait for the other ranks: sample from a plain copy.
+            plain = Generator(self.cfg.model).to(self.device)
+            plain.load_state_dict(distributed.unwrap(net).state_dict())
+            return plain
+        return net
+
+    def evaluate_now(self) -> None:
+        """Evaluate on the held-out images, log it, and keep checkpoints/best.safetensors."""
+        if self.evaluator is not None:
+            it = self.pos.iteration
+            result = self.evaluator(self._sampling_net(), it)
+            if result is not None:
+                wall = round(self.wall_offset + time.perf_counter() - self._t_start, 3)
+                self._log(
+                    {
+                        "iteration": it,
+                        "epoch": self.pos.epoch + (1 if self.pos.step else 0),
+                        "kind": "eval",
+                        **result.metrics,
+                        "wall_time": wall,
+                    }
+                )
+                shown = ", ".join(
+                    f"{k} {v:.4g}" for k, v in result.metrics.items() if k in ("fid", "kid", "swd")
+                )
+                better = math.isfinite(result.score) and (
+                    self.best.get("metric") != result.score_name or result.score < self.best["score"]
+                )
+                if better:
+                    self.best = {"metric": result.score_name, "score": result.score, "iteration": it}
+                    self._save_best()
+                self.reporter.info(
+                    f"eval at iteration {it} (n={result.metrics.get('n_fake')}): {shown}"
+                    + ("  (best so far)" if better else "")
+                )
+        self._last_eval = self.pos.iteration
+        distributed.barrier(self.dist)
+
+    def _save_best(self) -> None:
+        tensors, meta = self.state()
+        path = self.ckpt_dir / BEST_NAME
+        try:
+            ckpt.save_checkpoint(path, tensors, meta)
+        except OSError as e:
+            self.reporter.warn(f"{path}: could not write the best checkpoint ({e.strerror or e})")
 
     def _log(self, row: dict[str, Any]) -> None:
         if not self.dist.is_main:
@@ -352,6 +421,13 @@ class Trainer:
                 if not self._interrupted:
                     self.write_samples(self.pos.epoch + 1)
                 last_ckpt = self.save_checkpoint()
+            if (
+                t.eval_every
+                and not self._interrupted
+                and self.pos.iteration > start_iteration
+                and self._last_eval != self.pos.iteration
+            ):
+                self.evaluate_now()
         if self.monitor is not None:
             self.monitor.close()
         if self._interrupted:
@@ -422,8 +498,8 @@ class Trainer:
                     real,
                     noise,
                     self.loss,
-                    t.amp,
-                    d_for_g=self.netD,
+                    self.amp,
+                    d_for_g=self.D_for_g,
                     augment=self.augment,
                     aug_seed=derived_seed(t.seed, 7, self.pos.iteration),
                     r1_weight=o.r1_gamma / 2 * o.r1_every if lazy_r1 else 0.0,
@@ -465,6 +541,8 @@ class Trainer:
                     stats_sum.zero_()
                     stats_n = 0
                 bar.advance(last)
+                if t.eval_every and self.pos.iteration % t.eval_every == 0:
+                    self.evaluate_now()
                 if (
                     t.checkpoint_every
                     and self.pos.iteration % t.checkpoint_every == 0
@@ -478,6 +556,9 @@ class Trainer:
             last.update(loss_D=means[0], loss_G=means[1], D_x=means[2], D_G_z=means[3])
         last["seconds"] = time.perf_counter() - t0
         return last
+
+
+BEST_NAME = "best.safetensors"
 
 
 class TrainingInterrupted(Exception):

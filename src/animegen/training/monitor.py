@@ -66,7 +66,7 @@ def read_log(path: Path) -> list[dict[str, Any]]:
 
 def plot_losses(log_path: Path, out: Path) -> Path | None:
     """Loss and D-output curves against iterations; None when matplotlib or data is missing."""
-    rows = read_log(log_path)
+    rows = [r for r in read_log(log_path) if "loss_D" in r]  # evaluation rows have no losses
     if len(rows) < 2:
         return None
     try:

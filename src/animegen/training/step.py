@@ -71,8 +71,21 @@ LOSSES = {
 }
 
 
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """ "auto" becomes bf16 on a GPU with bf16 support and off elsewhere.
+
+    Measured on a 2-core CPU without native bf16 (benchmarks/throughput.py): bf16 autocast ran
+    about 18x slower than fp32 there, so "auto" never picks it on a CPU.
+    """
+    if amp != "auto":
+        return amp
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "off"
+
+
 def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    if amp == "bf16":
+    if resolve_amp(amp, device) == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -111,6 +124,9 @@ def train_step(
         real = real.detach().requires_grad_(True)
     with autocast:
         out_real = netD(aug(real, 0)).float()
+    # Taken now: under CUDA graphs (torch.compile "reduce-overhead") D's next replay reuses the
+    # memory of this output.
+    d_x = torch.sigmoid(out_real.detach()).mean()
     err_real = loss.d_real(out_real)
     if r1_weight:
         (grad,) = torch.autograd.grad(out_real.sum(), real, create_graph=True)
@@ -119,6 +135,7 @@ def train_step(
     with autocast:
         fake = netG(noise)
         out_fake = netD(aug(fake.detach(), 1)).float()
+    d_g_z = torch.sigmoid(out_fake.detach()).mean()
     err_fake = loss.d_fake(out_fake)
     err_fake.backward()
     optD.step()
@@ -135,12 +152,4 @@ def train_step(
         d_g.requires_grad_(True)
     optG.step()
 
-    with torch.no_grad():
-        return torch.stack(
-            [
-                (err_real + err_fake).detach(),
-                err_g.detach(),
-                torch.sigmoid(out_real).mean(),
-                torch.sigmoid(out_fake).mean(),
-            ]
-        )
+    return torch.stack([(err_real + err_fake).detach(), err_g.detach(), d_x, d_g_z])

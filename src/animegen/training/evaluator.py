@@ -1,0 +1,82 @@
+"""Evaluation during training: FID/KID/SWD of the current generator against the held-out images.
+
+Runs on the main process every `train.eval_every` iterations. The held-out rows come from
+data/split.py, so they are never trained on; their Inception features are computed once per run
+(and cached beside the decoded images). The generator sampled is the EMA copy when there is one,
+with BatchNorm in eval mode, as `animegen generate` samples it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from animegen.config import Config
+from animegen.data.cache import ImageSet
+from animegen.evaluate import DEFAULT_N_CPU, DEFAULT_N_GPU, evaluate
+from animegen.generate import LoadedGenerator
+
+# FID when it is measured (lower is better); SWD otherwise.
+RANKING = ("fid", "swd")
+KEPT = ("fid", "kid", "kid_std", "swd", "n_fake", "n_real", "seconds")
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, Any]
+    score_name: str
+    score: float
+
+
+class PeriodicEvaluator:
+    def __init__(
+        self,
+        cfg: Config,
+        images: ImageSet,
+        held_rows: np.ndarray,
+        device: torch.device,
+        warn: Callable[[str], None],
+    ):
+        self.cfg = cfg
+        self.device = device
+        self.real = np.ascontiguousarray(images.images[held_rows])
+        self.data_key = f"{images.key}|holdout={cfg.data.holdout}"
+        self.cache_dir = images.cache_path
+        cap = DEFAULT_N_GPU if device.type == "cuda" else DEFAULT_N_CPU
+        self.n = cfg.train.eval_n or min(len(self.real), cap)
+        self.metrics = tuple(m.strip() for m in cfg.train.eval_metrics.split(",") if m.strip())
+        self.extractor = None
+        if {"fid", "kid"} & set(self.metrics):
+            from animegen.metrics import InceptionFeatures, MetricsUnavailable
+
+            try:
+                self.extractor = InceptionFeatures(None, device)
+            except MetricsUnavailable as e:
+                warn(f"{e}; evaluating with SWD only")
+                self.metrics = ("swd",)
+        if "swd" in self.metrics and cfg.model.image_size < 16:
+            self.metrics = tuple(m for m in self.metrics if m != "swd")
+        self.score_name = next((m for m in RANKING if m in self.metrics), "")
+
+    def __call__(self, net: nn.Module, iteration: int) -> EvalResult | None:
+        if not self.metrics:
+            return None
+        gen = LoadedGenerator(net, self.cfg.model, Path(f"<iteration {iteration}>"), self.device, {})
+        result = evaluate(
+            gen,
+            self.real,
+            data_key=self.data_key,
+            cache_dir=self.cache_dir,
+            n=self.n,
+            metrics=self.metrics,
+            extractor=self.extractor,
+        )
+        kept = {k: result[k] for k in KEPT if k in result}
+        score = float(result[self.score_name]) if self.score_name else float("nan")
+        return EvalResult(kept, self.score_name, score)

@@ -1,0 +1,193 @@
+"""Each speed option computes what the plain path computes, within its precision's tolerance."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from animegen.config import ModelConfig
+from animegen.data.batches import BatchFeeder, upload
+from animegen.models import build_models
+from animegen.training.ema import GeneratorEMA
+from animegen.training.step import make_loss, resolve_amp, train_step
+
+CFG = ModelConfig(arch="seed", image_size=32, width=0.25)
+
+
+def _setup(seed: int = 0, channels_last: bool = False, fused: bool = False):
+    torch.manual_seed(seed)
+    netG, netD = build_models(CFG)
+    if channels_last:
+        netG.to(memory_format=torch.channels_last)
+        netD.to(memory_format=torch.channels_last)
+    kw = {"fused": True} if fused else {}
+    optG = torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999), **kw)
+    optD = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999), **kw)
+    return netG, netD, optG, optD
+
+
+def _batch(seed: int = 1, n: int = 8):
+    g = torch.Generator().manual_seed(seed)
+    real = torch.rand(n, 3, CFG.image_size, CFG.image_size, generator=g) * 2 - 1
+    noise = torch.randn(n, CFG.z_dim, 1, 1, generator=g)
+    return real, noise
+
+
+def _grads_after_d_loss(netG, netD, real, noise, amp: str) -> list[torch.Tensor]:
+    """D's gradients of the D loss for one batch, without stepping (so they can be compared)."""
+    loss = make_loss("bce")
+    netD.zero_grad(set_to_none=True)
+    ctx = (
+        torch.autocast("cpu", dtype=torch.bfloat16) if amp == "bf16" else torch.autocast("cpu", enabled=False)
+    )
+    with ctx:
+        out_real = netD(real).float()
+        out_fake = netD(netG(noise).detach()).float()
+    (loss.d_real(out_real) + loss.d_fake(out_fake)).backward()
+    return [p.grad.detach().clone() for p in netD.parameters()]
+
+
+def _rel(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    num = torch.sqrt(sum(((x.float() - y.float()) ** 2).sum() for x, y in zip(a, b, strict=True)))
+    den = torch.sqrt(sum((y.float() ** 2).sum() for y in b))
+    return float(num / den)
+
+
+def test_channels_last_step_matches_contiguous():
+    real, noise = _batch()
+    a = _setup(channels_last=False)
+    b = _setup(channels_last=True)
+    sa = train_step(*a, real, noise, make_loss("bce"))
+    sb = train_step(
+        *b,
+        real.contiguous(memory_format=torch.channels_last),
+        noise.contiguous(memory_format=torch.channels_last),
+        make_loss("bce"),
+    )
+    torch.testing.assert_close(sa, sb, rtol=1e-5, atol=1e-5)
+    # Weights after Adam's first step are compared through gradients instead: Adam divides by
+    # |grad|, so a near-zero gradient's last-bit difference can move a weight by up to 2 x lr.
+    ga = _grads_after_d_loss(a[0], a[1], real, noise, "off")
+    gb = _grads_after_d_loss(
+        b[0],
+        b[1],
+        real.contiguous(memory_format=torch.channels_last),
+        noise.contiguous(memory_format=torch.channels_last),
+        "off",
+    )
+    assert _rel(gb, ga) < 1e-4  # fp32 sums in another order
+
+
+def test_bf16_autocast_gradients_within_bf16_precision():
+    real, noise = _batch()
+    netG, netD, _, _ = _setup()
+    fp32 = _grads_after_d_loss(netG, netD, real, noise, "off")
+    bf16 = _grads_after_d_loss(netG, netD, real, noise, "bf16")
+    # bf16 keeps 8 bits of mantissa: a relative error of a few 1e-3 per op, ~1e-2 over a network.
+    assert _rel(bf16, fp32) < 5e-2
+    # and it is really a different computation (autocast took effect)
+    assert _rel(bf16, fp32) > 1e-5
+
+
+def test_bf16_training_losses_track_fp32():
+    real, noise = _batch()
+    a, b = _setup(), _setup()
+    la = torch.stack([train_step(*a, real, noise, make_loss("bce"), "off") for _ in range(3)])
+    lb = torch.stack([train_step(*b, real, noise, make_loss("bce"), "bf16") for _ in range(3)])
+    torch.testing.assert_close(lb, la, rtol=5e-2, atol=2e-2)
+
+
+def test_fused_adam_matches_foreach_adam():
+    real, noise = _batch()
+    a = _setup(fused=False)
+    b = _setup(fused=True)
+    for _ in range(2):
+        train_step(*a, real, noise, make_loss("bce"))
+        train_step(*b, real, noise, make_loss("bce"))
+    for pa, pb in zip(a[1].parameters(), b[1].parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+
+
+def test_amp_auto_is_off_without_a_gpu():
+    assert resolve_amp("auto", torch.device("cpu")) == "off"
+    assert resolve_amp("bf16", torch.device("cpu")) == "bf16"
+    assert resolve_amp("off", torch.device("cuda")) == "off"
+
+
+def test_generator_ema_matches_torch_averaged_model():
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    netG, *_ = _setup()
+    ours = GeneratorEMA(netG, 0.9, warmup=False)
+    theirs = AveragedModel(netG, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    real, noise = _batch()
+    for _ in range(4):
+        with torch.no_grad():
+            for p in netG.parameters():
+                p.add_(torch.randn_like(p) * 0.01)
+            netG(noise)  # moves the BatchNorm running statistics
+        ours.update_parameters(netG)
+        theirs.update_parameters(netG)
+    assert int(ours.n_averaged) == 4
+    mine = ours.module.state_dict()
+    for k, v in theirs.module.state_dict().items():
+        if v.is_floating_point():
+            torch.testing.assert_close(mine[k], v, rtol=0, atol=1e-7)
+    # the average is not simply the current weights
+    assert not torch.equal(mine["layer1.0.weight"], netG.state_dict()["layer1.0.weight"])
+
+
+def test_ema_warmup_follows_the_generator_early():
+    netG, *_ = _setup()
+    ema = GeneratorEMA(netG, 0.999)
+    assert ema.decay_at(1) == pytest.approx(2 / 11)
+    assert ema.decay_at(100_000) == 0.999
+    ema.update_parameters(netG)
+    with torch.no_grad():
+        for p in netG.parameters():
+            p.add_(1.0)
+    ema.update_parameters(netG)
+    # second update: decay 2/11, so the average moved 9/11 of the way
+    w = ema.module.state_dict()["layer1.0.weight"]
+    g = netG.state_dict()["layer1.0.weight"]
+    torch.testing.assert_close(w, g - 2 / 11, rtol=0, atol=1e-5)
+
+
+def test_upload_keeps_values_and_device():
+    t = torch.arange(10)
+    assert torch.equal(upload(t, torch.device("cpu")), t)
+
+
+def test_feeder_trains_only_on_given_rows():
+    import numpy as np
+
+    images = np.arange(20, dtype=np.uint8).reshape(20, 1, 1, 1).repeat(3, 1).repeat(4, 2).repeat(4, 3)
+    rows = np.array([1, 3, 5, 7, 9, 11, 13, 15])
+    feeder = BatchFeeder(images, 4, torch.device("cpu"), seed=0, indices=rows)
+    assert len(feeder) == 2
+    seen = []
+    for epoch in range(3):
+        for batch in feeder.epoch(epoch):
+            seen += ((batch[:, 0, 0, 0] + 1) * 127.5).round().long().tolist()
+    assert set(seen) == set(rows.tolist())
+
+
+@pytest.mark.slow
+def test_compiled_step_matches_eager():
+    """torch.compile (inductor, on the CPU here) computes the same gradients and step as eager mode."""
+    real, noise = _batch()
+    a = _setup()
+    b = copy.deepcopy(a[:2])
+    cG, cD = torch.compile(b[0]), torch.compile(b[1])
+    ga = _grads_after_d_loss(a[0], a[1], real, noise, "off")
+    gb = _grads_after_d_loss(cG, cD, real, noise, "off")
+    # Inductor fuses BatchNorm's reductions and sums in its own order: measured 5e-4 here, far
+    # below bf16's ~1e-2, and a wrong graph would be off by order 1.
+    assert _rel(gb, ga) < 2e-3
+    optG = torch.optim.Adam(b[0].parameters(), lr=2e-4, betas=(0.5, 0.999))
+    optD = torch.optim.Adam(b[1].parameters(), lr=2e-4, betas=(0.5, 0.999))
+    sa = train_step(*a, real, noise, make_loss("bce"))
+    sb = train_step(cG, cD, optG, optD, real, noise, make_loss("bce"))
+    torch.testing.assert_close(sb, sa, rtol=1e-4, atol=1e-4)
