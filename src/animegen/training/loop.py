@@ -27,6 +27,7 @@ from animegen.training import checkpoint as ckpt
 from animegen.training import distributed
 from animegen.training.augment import parse_policy
 from animegen.training.ema import GeneratorEMA
+from animegen.training.health import COLLAPSE, D_WINS, NONFINITE, HealthMonitor
 from animegen.training.monitor import Monitor
 from animegen.training.progress import Reporter
 from animegen.training.step import make_loss, resolve_amp, train_step
@@ -149,6 +150,10 @@ class Trainer:
         # The best evaluation so far: {"metric", "score", "iteration"}; kept in checkpoints.
         self.best: dict[str, Any] = {}
         self._last_eval = -1
+        # With label smoothing s, D(x) aims at 1 - s: "D wins" must be judged below that.
+        d_x_above = min(0.95, 1.0 - cfg.optim.label_smoothing - 0.02)
+        self.health = HealthMonitor(d_x_above=d_x_above)
+        self.rolled_back = False  # a non-finite loss is rolled back once; the second one stops the run
 
     # ---- setup ----------------------------------------------------------------------------------
 
@@ -249,6 +254,7 @@ class Trainer:
             "optD": md,
             "rng": mr,
             "best": self.best,
+            "health": {**self.health.state_dict(), "rolled_back": self.rolled_back},
         }
         return tensors, meta
 
@@ -291,6 +297,9 @@ class Trainer:
             self.pos = Position(self.pos.epoch + 1, 0, self.pos.iteration)
         self.wall_offset = float(meta.get("wall_time", 0.0))
         self.best = dict(meta.get("best") or {})
+        health = dict(meta.get("health") or {})
+        self.rolled_back = bool(health.pop("rolled_back", False))
+        self.health.load_state_dict(health)
         if self.images is not None and meta.get("data_key") not in (None, self.images.key):
             self.reporter.warn(
                 f"the data changed since {path.name} was written ({meta.get('data_count')} -> "
@@ -324,6 +333,10 @@ class Trainer:
         if not self.dist.is_main:
             return path
         images = sample_images(self._sampling_net(), self.fixed_noise, bn_mode="batch")
+        if self.images is not None and len(images) >= 2:
+            real = torch.from_numpy(np.ascontiguousarray(self.images.images[: len(images)]))
+            for event in self.health.observe_samples(self.pos.iteration, images, real):
+                self._report_health(event)
         grid = make_grid(images, nrow=int(math.sqrt(len(images))) or 1)
         save_png(grid, path)
         if self.monitor is not None:
@@ -382,6 +395,48 @@ class Trainer:
         except OSError as e:
             self.reporter.warn(f"{path}: could not write the best checkpoint ({e.strerror or e})")
 
+    def _report_health(self, event) -> None:
+        self.reporter.warn(event.message)
+        if event.kind in (D_WINS, COLLAPSE):
+            self._log(
+                {
+                    "iteration": self.pos.iteration,
+                    "kind": "health",
+                    "event": event.kind,
+                    "message": event.message,
+                }
+            )
+
+    def _roll_back(self, message: str) -> None:
+        """A non-finite loss: go back to the newest good checkpoint with halved learning rates, once."""
+        advice = "lower the learning rates (--set optim.lr_d=... optim.lr_g=...) or try --preset modern"
+        if self.rolled_back:
+            raise UserError(
+                f"{message}; it happened again after halving the learning rates, stopping: {advice}"
+            )
+        try:
+            path, _notes = ckpt.latest_good_checkpoint(self.ckpt_dir)
+        except CheckpointError:
+            raise UserError(f"{message}, before the first checkpoint: {advice}") from None
+        distributed.barrier(self.dist)
+        self._restore(path)
+        for opt in (self.optG, self.optD):
+            for group in opt.param_groups:
+                group["lr"] *= 0.5
+        self.rolled_back = True
+        lrs = f"lr_g {self.optG.param_groups[0]['lr']:.3g}, lr_d {self.optD.param_groups[0]['lr']:.3g}"
+        self.reporter.warn(f"{message}; rolled back to {path.name} and halved the learning rates ({lrs})")
+        self._log(
+            {
+                "iteration": self.pos.iteration,
+                "kind": "health",
+                "event": "rollback",
+                "message": message,
+                "checkpoint": path.name,
+            }
+        )
+        raise _RolledBack
+
     def _log(self, row: dict[str, Any]) -> None:
         if not self.dist.is_main:
             return
@@ -405,7 +460,10 @@ class Trainer:
             while (
                 self.pos.epoch < total_epochs and self.pos.iteration < total_iters and not self._interrupted
             ):
-                summary = self._run_epoch(total_epochs, total_iters)
+                try:
+                    summary = self._run_epoch(total_epochs, total_iters)
+                except _RolledBack:
+                    continue
                 if self.pos.step >= steps:
                     sample_path = self.write_samples(self.pos.epoch + 1)
                     last_ckpt = self.save_checkpoint()
@@ -514,11 +572,11 @@ class Trainer:
                 if stats_n >= t.log_every or self.pos.step >= steps or self.pos.iteration >= total_iters:
                     # The only host sync, every log_every steps.
                     values = distributed.all_mean(stats_sum / stats_n, self.dist).tolist()
-                    if not all(math.isfinite(v) for v in values):
-                        raise UserError(
-                            f"training diverged at iteration {self.pos.iteration} (loss is not finite); "
-                            f"resume from the last checkpoint with a lower learning rate"
-                        )
+                    reading = dict(zip(("loss_D", "loss_G", "D_x", "D_G_z"), values, strict=True))
+                    for event in self.health.observe(self.pos.iteration, reading):
+                        if event.kind == NONFINITE:
+                            self._roll_back(event.message)  # raises
+                        self._report_health(event)
                     epoch_stats += stats_sum
                     epoch_n += stats_n
                     elapsed = time.perf_counter() - t0
@@ -559,6 +617,10 @@ class Trainer:
 
 
 BEST_NAME = "best.safetensors"
+
+
+class _RolledBack(Exception):
+    """The loop restored an earlier checkpoint: start the epoch loop again from there."""
 
 
 class TrainingInterrupted(Exception):
