@@ -54,6 +54,16 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def current_rss_mb() -> float | None:
+    """This process's resident memory now (Linux), logged so growth across epochs shows in log.jsonl."""
+    try:
+        with open("/proc/self/statm") as fh:
+            pages = int(fh.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -594,6 +604,7 @@ class Trainer:
                             "step": self.pos.step,
                             **{k: round(v, 6) for k, v in last.items()},
                             "wall_time": round(self.wall_offset + time.perf_counter() - self._t_start, 3),
+                            "rss_mb": current_rss_mb(),
                         }
                     )
                     stats_sum.zero_()

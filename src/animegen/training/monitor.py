@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,14 @@ SCALARS = ("loss_D", "loss_G", "D_x", "D_G_z", "images_per_s", "fid", "kid", "sw
 class Monitor:
     """Receives log rows and epoch grids; writes TensorBoard events (optional) and loss.png."""
 
+    # Drawing loss.png with matplotlib takes ~0.2-2 s; on a GPU an epoch of a small folder can take
+    # about as long, so the plot is redrawn at most this often (and once more at the end).
+    PLOT_INTERVAL_S = 30.0
+
     def __init__(self, run_dir: Path, tensorboard: bool = False, plot: bool = True):
         self.run_dir = Path(run_dir)
         self.plot = plot
+        self._plotted_at: float | None = None
         self.writer = None
         if tensorboard:
             try:
@@ -42,10 +48,14 @@ class Monitor:
         if self.writer is not None:
             self.writer.add_image("samples", grid, iteration, dataformats="HWC")
             self.writer.flush()
-        if self.plot:
+        now = time.monotonic()
+        if self.plot and (self._plotted_at is None or now - self._plotted_at >= self.PLOT_INTERVAL_S):
             plot_losses(self.run_dir / "log.jsonl", self.run_dir / "loss.png")
+            self._plotted_at = now
 
     def close(self) -> None:
+        if self.plot:
+            plot_losses(self.run_dir / "log.jsonl", self.run_dir / "loss.png")  # the whole run
         if self.writer is not None:
             self.writer.close()
 
