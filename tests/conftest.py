@@ -53,3 +53,16 @@ TINY = [
     "train.sample_count=16",
     "--quiet",
 ]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """One real 1-epoch training run of a tiny 16 px model (BatchNorm D), as `animegen train` writes it."""
+    from animegen.cli import main
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    folder = root / "faces"
+    write_images(folder, 24)
+    run = root / "run"
+    assert main(["train", "--data", str(folder), "--epochs", "1", "--run-dir", str(run), *TINY]) == 0
+    return run

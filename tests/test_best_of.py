@@ -1,13 +1,11 @@
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
 from PIL import Image
 
 from animegen.best_of import NO_DISCRIMINATOR, best_of, load_discriminator
@@ -20,17 +18,8 @@ from animegen.training import checkpoint as ckpt
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A real (tiny, 16 px) training run: BatchNorm D, as `animegen train` writes it."""
-    root = tmp_path_factory.mktemp("bestof")
-    sys.path.insert(0, str(Path(__file__).parent))
-    from conftest import write_images
-
-    folder = root / "faces"
-    write_images(folder, 24)
-    run = root / "run"
-    assert main(["train", "--data", str(folder), "--epochs", "1", "--run-dir", str(run), *TINY]) == 0
-    return run
+def run_dir(tiny_run):
+    return tiny_run
 
 
 def _handmade(path: Path, d_norm: str, with_d: bool = True) -> Path:

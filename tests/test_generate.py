@@ -1,11 +1,7 @@
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-from conftest import TINY
 from PIL import Image
 
 from animegen import load_generator
@@ -17,16 +13,8 @@ from animegen.models import Generator
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gen")
-    sys.path.insert(0, str(Path(__file__).parent))
-    from conftest import write_images
-
-    folder = root / "faces"
-    write_images(folder, 24)
-    run = root / "run"
-    assert main(["train", "--data", str(folder), "--epochs", "1", "--run-dir", str(run), *TINY]) == 0
-    return run
+def run_dir(tiny_run):
+    return tiny_run
 
 
 def test_grid_and_files(run_dir, tmp_path):

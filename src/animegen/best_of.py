@@ -27,8 +27,9 @@ from animegen.generate import (
     DEFAULT_BN_MODE,
     LoadedGenerator,
     _is_safetensors,
-    _mismatch,
     bn_mode_context,
+    instantiate,
+    model_config_from_meta,
     resolve_checkpoint,
 )
 from animegen.models import Discriminator, normalize_state_dict_keys
@@ -67,23 +68,9 @@ def load_discriminator(path: str | os.PathLike, device: str | torch.device = "cp
     state = normalize_state_dict_keys(ckpt.unpack_state_dict("D", tensors))
     if not state:
         raise CheckpointError(f"{source}: holds no discriminator; {NO_DISCRIMINATOR}")
-    try:
-        cfg = ModelConfig(**meta["config"]["model"])
-    except (KeyError, TypeError):
-        raise CheckpointError(f"{source}: checkpoint has no usable model configuration") from None
-    try:
-        net = Discriminator(cfg)
-    except UserError as e:
-        raise CheckpointError(f"{source}: {e}") from None
-    bad = _mismatch(net, state)
-    if bad:
-        raise CheckpointError(
-            f"{source}: weights do not fit a {cfg.arch} {cfg.image_size} px discriminator ({bad})"
-        )
-    net.load_state_dict(state)
+    cfg = model_config_from_meta(meta, source)
     device = torch.device(device)
-    net.to(device)
-    net.eval()
+    net = instantiate(Discriminator, cfg, state, source, device)
     return LoadedDiscriminator(net, cfg, source, device)
 
 

@@ -158,26 +158,42 @@ def load_generator(
         tensors, meta = ckpt.read_checkpoint(source)
         prefix = "G_ema" if prefer_ema and any(k.startswith("G_ema.") for k in tensors) else "G"
         state = ckpt.unpack_state_dict(prefix, tensors)
-        try:
-            cfg = ModelConfig(**meta["config"]["model"])
-        except (KeyError, TypeError):
-            raise CheckpointError(f"{source}: checkpoint has no usable model configuration") from None
+        cfg = model_config_from_meta(meta, source)
         info.update(
             kind=meta.get("kind"), epochs_done=meta.get("epochs_done"), iteration=meta.get("iteration")
         )
+    net = instantiate(Generator, cfg, state, source, device)
+    return LoadedGenerator(net, cfg, source, device, info)
+
+
+def model_config_from_meta(meta: dict, source: Path) -> ModelConfig:
     try:
-        net = Generator(cfg)
+        return ModelConfig(**meta["config"]["model"])
+    except (KeyError, TypeError):
+        raise CheckpointError(f"{source}: checkpoint has no usable model configuration") from None
+
+
+def instantiate(
+    cls: type[nn.Module], cfg: ModelConfig, state: dict[str, torch.Tensor], source: Path, device: torch.device
+) -> nn.Module:
+    """`cls(cfg)` with `state` loaded, on `device`, in eval mode.
+
+    Raises a CheckpointError naming `source` when the weights do not fit the configuration.
+    """
+    try:
+        net = cls(cfg)
     except UserError as e:
         raise CheckpointError(f"{source}: {e}") from None
     missing_or_bad = _mismatch(net, state)
     if missing_or_bad:
+        what = cls.__name__.lower()
         raise CheckpointError(
-            f"{source}: weights do not fit a {cfg.arch} {cfg.image_size} px generator ({missing_or_bad})"
+            f"{source}: weights do not fit a {cfg.arch} {cfg.image_size} px {what} ({missing_or_bad})"
         )
     net.load_state_dict(state)
     net.to(device)
     net.eval()
-    return LoadedGenerator(net, cfg, source, device, info)
+    return net
 
 
 def _is_safetensors(path: Path) -> bool:
