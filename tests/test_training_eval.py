@@ -122,3 +122,19 @@ def test_missing_inception_falls_back_to_swd(image_folder, tmp_path, monkeypatch
     assert "SWD only" in capsys.readouterr().err
     evals = [r for r in _rows(run) if r.get("kind") == "eval"]
     assert evals and all("swd" in e and "fid" not in e for e in evals)
+
+
+def test_resume_does_not_replace_a_better_best_file(image_folder, tmp_path):
+    """best.safetensors can be newer than the checkpoint resumed from; its score still counts."""
+    run = tmp_path / "run"
+    base = ["train", "--data", str(image_folder), "--run-dir", str(run), *TINY, *EVAL]
+    assert main([*base, "--epochs", "1"]) == 0
+    best_path = run / "checkpoints" / "best.safetensors"
+    tensors, meta = ckpt.read_checkpoint(best_path)
+    meta["best"] = {"metric": "swd", "score": 1e-6, "iteration": 3}  # unbeatable
+    ckpt.save_checkpoint(best_path, tensors, meta)
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--quiet"]) == 0
+    _, after = ckpt.read_checkpoint(best_path)
+    assert after["best"]["score"] == 1e-6
+    _, newest = ckpt.read_checkpoint(ckpt.list_checkpoints(run / "checkpoints")[-1])
+    assert newest["best"]["score"] == 1e-6

@@ -306,7 +306,7 @@ class Trainer:
         if self.pos.step >= len(self.feeder):
             self.pos = Position(self.pos.epoch + 1, 0, self.pos.iteration)
         self.wall_offset = float(meta.get("wall_time", 0.0))
-        self.best = dict(meta.get("best") or {})
+        self.best = self._best_on_disk(dict(meta.get("best") or {}))
         health = dict(meta.get("health") or {})
         self.rolled_back = bool(health.pop("rolled_back", False))
         self.health.load_state_dict(health)
@@ -396,6 +396,26 @@ class Trainer:
                 )
         self._last_eval = self.pos.iteration
         distributed.barrier(self.dist)
+
+    def _best_on_disk(self, best: dict[str, Any]) -> dict[str, Any]:
+        """The better of `best` and what checkpoints/best.safetensors records.
+
+        An evaluation can write best.safetensors after the newest regular checkpoint; a resume or a
+        roll-back to that checkpoint must not later replace the better file with a worse one.
+        """
+        path = self.ckpt_dir / BEST_NAME
+        if not path.exists():
+            return best
+        try:
+            _, meta = ckpt.read_checkpoint(path)
+        except CheckpointError:
+            return best
+        on_disk = meta.get("best") or {}
+        if not best or (
+            on_disk.get("metric") == best.get("metric") and on_disk.get("score", math.inf) < best["score"]
+        ):
+            return dict(on_disk) or best
+        return best
 
     def _save_best(self) -> None:
         tensors, meta = self.state()
