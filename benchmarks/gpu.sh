@@ -14,8 +14,8 @@ set -u
 DATA=$(realpath "$1") REF=$(realpath "$2") OUT=$(realpath "$3") BUDGET=${4:-540}
 DEVICE=${DEVICE:-cuda} ITERS=${ITERS:-300} WARMUP=${WARMUP:-50} GUARD_STEPS=${GUARD_STEPS:-2000}
 GUARD_CAP=${GUARD_CAP:-50} SIZE=${SIZE:-96} EVAL_N=${EVAL_N:-900} EVAL_EVERY=${EVAL_EVERY:-500} LOG_EVERY=${LOG_EVERY:-25}
-CONFIGS=${CONFIGS:-reference seed default default/amp=off default/channels_last=false default/batch=256 \
-default/compile default/compile=reduce-overhead}
+CONFIGS=${CONFIGS:-reference seed default default/amp=bf16 default/batch=256 \
+default/compile+contiguous default/cudagraphs+contiguous default/compile}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$HERE/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
@@ -39,6 +39,10 @@ timeout --signal=TERM $((BUDGET * 2 / 5)) $PY "$HERE/benchmarks/throughput.py" -
   --cache-dir "$CACHE" --timeout 90 --json "$RUNS/throughput.json" --workdir "$RUNS/throughput" \
   --configs $CONFIGS
 say "throughput done"
+
+# Where a default-preset step's time goes on the device: torch.profiler, top 15 ops by device time.
+timeout --signal=TERM 60 $PY "$HERE/benchmarks/throughput.py" --data "$DATA" --device "$DEVICE" \
+  --cache-dir "$CACHE" --profile default --profile-steps 20 2>&1 | tail -22
 
 # 2. Same steps, same held-out 10%: default fp32 x2 seeds, default bf16 x2 seeds, modern bf16.
 train() {  # name, then extra arguments
