@@ -39,13 +39,25 @@ def env(threads: int) -> dict[str, str]:
     return e
 
 
-def train(preset: str, args: argparse.Namespace) -> dict[str, Any]:
+def parse_variant(text: str) -> tuple[str, str, list[str]]:
+    """'NAME=PRESET ARG ARG ...' (e.g. 'modern-b16=modern --batch-size 16') or a plain preset name."""
+    if "=" not in text.split()[0]:
+        return text, text, []
+    name, rest = text.split("=", 1)
+    preset, *extra = rest.split()
+    return name, preset, extra
+
+
+def train(variant: str, args: argparse.Namespace) -> dict[str, Any]:
+    name, preset, extra = parse_variant(variant)
     batch = build_config(preset).train.batch_size
+    if "--batch-size" in extra:
+        batch = int(extra[extra.index("--batch-size") + 1])
     steps = max(1, args.images // batch)
     every = max(1, steps // args.points)
-    run = args.out / f"{preset}-{args.size}"
+    run = args.out / f"{name}-{args.size}"
     cmd = [
-        sys.executable, "-m", "animegen", "train", "--data", str(args.data), "--preset", preset,
+        sys.executable, "-m", "animegen", "train", "--data", str(args.data), "--preset", preset, *extra,
         "--image-size", str(args.size), "--holdout", str(args.holdout), "--eval-every", str(every),
         "--set", "train.eval_metrics=swd", "--set", f"train.eval_n={args.eval_n}",
         "--set", f"train.threads={args.threads}", "--set", "train.keep_checkpoints=1",
@@ -57,10 +69,11 @@ def train(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     if args.limit:
         cmd += ["--limit", str(args.limit)]
     started = time.perf_counter()
-    with open(args.out / f"{preset}-{args.size}.train.txt", "w") as log:
+    with open(args.out / f"{name}-{args.size}.train.txt", "w") as log:
         code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env(args.threads))
     result: dict[str, Any] = {
-        "preset": preset,
+        "preset": name,
+        "command": " ".join(cmd[3:]),
         "size": args.size,
         "batch": batch,
         "steps": steps,
@@ -80,7 +93,7 @@ def train(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         if r.get("kind") == "eval" and "swd" in r
     ]
     if code == 0:
-        out = args.out / f"{preset}-{args.size}.eval.json"
+        out = args.out / f"{name}-{args.size}.eval.json"
         ev = [
             sys.executable, "-m", "animegen", "evaluate", str(run), "--data", str(args.data),
             "--holdout", str(args.holdout), "--n", str(args.n), "--json", str(out), "--quiet",
@@ -90,7 +103,7 @@ def train(preset: str, args: argparse.Namespace) -> dict[str, Any]:
             ev += ["--cache-dir", str(args.cache_dir)]
         if args.limit:
             ev += ["--limit", str(args.limit)]
-        with open(args.out / f"{preset}-{args.size}.eval.txt", "w") as log:
+        with open(args.out / f"{name}-{args.size}.eval.txt", "w") as log:
             if subprocess.call(ev, stdout=log, stderr=subprocess.STDOUT, env=env(args.threads)) == 0:
                 final = json.loads(out.read_text())
                 result["final"] = {
@@ -122,7 +135,7 @@ def side_by_side(results: list[dict[str, Any]], out: Path) -> None:
 
 def print_table(results: list[dict[str, Any]]) -> None:
     head = f"{'images':>7} {'train s':>8} {'FID':>7} {'KID':>7} {'SWD':>7} {'n':>5}"
-    print(f"{'preset':<8} {'px':>3} {'batch':>5} {head}")
+    print(f"{'preset':<14} {'px':>3} {'batch':>5} {head}")
 
     def num(f: dict[str, Any], key: str, digits: int) -> str:
         v = f.get(key)
@@ -132,13 +145,13 @@ def print_table(results: list[dict[str, Any]]) -> None:
         f = r.get("final", {})
 
         print(
-            f"{r['preset']:<8} {r['size']:>3} {r['batch']:>5} {r['images']:>7} {r['train_seconds']:>8.0f} "
+            f"{r['preset']:<14} {r['size']:>3} {r['batch']:>5} {r['images']:>7} {r['train_seconds']:>8.0f} "
             f"{num(f, 'fid', 1)} {num(f, 'kid', 4)} {num(f, 'swd', 1)} {f.get('n_fake', '-')!s:>5}"
         )
     print("\nheld-out SWD by images seen (eval n per side as in the runs)")
     for r in results:
         curve = "  ".join(f"{p['images']}: {p['swd']:.1f} ({p['wall_time']:.0f} s)" for p in r["curve"])
-        print(f"{r['preset']:<8} {curve}")
+        print(f"{r['preset']:<14} {curve}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,7 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--images", type=int, default=16000, help="images seen per preset")
-    p.add_argument("--presets", nargs="+", default=["seed", "default", "modern"])
+    p.add_argument(
+        "--presets",
+        nargs="+",
+        default=["seed", "default", "modern"],
+        help="preset names, or variants 'NAME=PRESET ARGS' (e.g. 'modern-b16=modern --batch-size 16')",
+    )
     p.add_argument("--points", type=int, default=4, help="held-out SWD evaluations per run")
     p.add_argument("--eval-n", type=int, default=500, help="faces per side for the SWD curve")
     p.add_argument("--n", type=int, default=500, help="faces per side for the final FID/KID/SWD")
