@@ -92,6 +92,8 @@ def test_modern_preset_trains_resumes_exactly_and_samples_from_ema(image_folder,
         "optim.r1_gamma=1",
         "--set",
         "optim.r1_every=2",
+        "--set",
+        "optim.augment=color,translation,cutout",  # the preset leaves DiffAugment off; cover it here
         *TINY,
     ]
     full, part = tmp_path / "full", tmp_path / "part"
