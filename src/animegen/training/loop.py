@@ -27,7 +27,7 @@ from animegen.training import checkpoint as ckpt
 from animegen.training import distributed
 from animegen.training.augment import parse_policy
 from animegen.training.ema import GeneratorEMA
-from animegen.training.health import COLLAPSE, D_WINS, NONFINITE, HealthMonitor
+from animegen.training.health import COLLAPSE, D_WINS, NONFINITE, HealthEvent, HealthMonitor
 from animegen.training.monitor import Monitor
 from animegen.training.progress import Reporter
 from animegen.training.step import make_loss, resolve_amp, train_step
@@ -425,7 +425,7 @@ class Trainer:
         except OSError as e:
             self.reporter.warn(f"{path}: could not write the best checkpoint ({e.strerror or e})")
 
-    def _report_health(self, event) -> None:
+    def _report_health(self, event: HealthEvent) -> None:
         self.reporter.warn(event.message)
         if event.kind in (D_WINS, COLLAPSE):
             self._log(
