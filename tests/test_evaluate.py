@@ -5,21 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import TINY
 from PIL import Image
 
 from animegen.cli import main
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    from conftest import write_images
-
-    root = tmp_path_factory.mktemp("eval")
-    write_images(root / "faces", 24)
-    run = root / "run"
-    assert main(["train", "--data", str(root / "faces"), "--epochs", "1", "--run-dir", str(run), *TINY]) == 0
-    return root, run
+def tiny_run(tiny_run):
+    """conftest's tiny run, with the folder it trained on beside it: (root, run)."""
+    return tiny_run.parent, tiny_run
 
 
 def test_swd_only_needs_no_weights(tiny_run, capsys):

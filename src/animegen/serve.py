@@ -26,6 +26,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from animegen.errors import UserError
+from animegen.helpformat import HelpFormatter
 
 if TYPE_CHECKING:
     import numpy as np
@@ -589,16 +590,12 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `animegen serve` on the CLI's subparsers."""
     p = subparsers.add_parser(
         "serve",
         help="open a browser demo of a checkpoint (grid, large faces, interpolation)",
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
         description="Serve a local web page for CKPT (a checkpoint file, a run dir or a tutorial\n"
         "netG_NNN.pth): faces from a seed, a face enlarged, a slider between two seeds, PNG\n"
         "downloads. The page loads nothing from the internet.",
