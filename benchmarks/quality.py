@@ -1,14 +1,20 @@
-"""Quality study: presets trained on the same folder for the same number of images, scored on held-out faces.
+"""Quality study: presets trained on the same folder, scored on held-out faces at equal images and equal time.
 
-For each preset, one `animegen train` run with `--holdout` (the same held-out rows for every
-preset) and `--eval-every` at equal numbers of images seen, so the SWD curves line up by images
-and, through each evaluation's wall time, by seconds. After training, `animegen evaluate
---holdout` gives FID/KID/SWD of the final generator (EMA when the preset has one) with n faces
-per side. Prints one table and writes study.json, side_by_side.png (last sample grids) and each
-run's loss.png under --out.
+For each preset (or variant), one `animegen train` run with `--holdout` (the same held-out rows for
+every run) and held-out SWD every `--every-images` images. A run stops after `--images` images, or
+with `--minutes`, after that much training time (evaluations pause the clock), so runs sharing
+the machine get the same compute and the same-wall-clock comparison is the final row.
 
-  python benchmarks/quality.py --data DIR --size 64 --images 16000 --out study64
-      [--presets seed default modern] [--points 4] [--n 500] [--holdout 0.1] [--parallel 2] [--threads 1]
+FID/KID need the Inception network, which costs far more than training on a small CPU, so they are
+computed after training, with `animegen evaluate` on kept checkpoints (n faces per side):
+  - without --fid-fractions, on each run's final generator;
+  - with --fid-fractions 0.25 0.5 1, also at those fractions of the FIRST run's final images (the
+    checkpoint nearest each point in every run), which answers "does run B reach run A's final
+    FID in a quarter of A's images?"
+
+  python benchmarks/quality.py --data DIR --size 64 --minutes 50 --every-images 1000 \
+      --fid-fractions 0.25 0.5 1 --n 300 --parallel 3 --out study64 [--presets seed default modern]
+  python benchmarks/quality.py --data DIR --size 64 --images 16000 --out study64     # equal images
 
 Runs go `--parallel` at a time, each with `--threads` torch threads, so on a small CPU they share
 the cores evenly; the wall times are then comparable with each other, not with a quiet machine.
@@ -48,22 +54,41 @@ def parse_variant(text: str) -> tuple[str, str, list[str]]:
     return name, preset, extra
 
 
+def batch_of(variant: str) -> int:
+    _, preset, extra = parse_variant(variant)
+    if "--batch-size" in extra:
+        return int(extra[extra.index("--batch-size") + 1])
+    return build_config(preset).train.batch_size
+
+
+def read_log(run: Path) -> list[dict[str, Any]]:
+    try:
+        return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line]
+    except (OSError, ValueError):
+        return []
+
+
 def train(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     name, preset, extra = parse_variant(variant)
-    batch = build_config(preset).train.batch_size
-    if "--batch-size" in extra:
-        batch = int(extra[extra.index("--batch-size") + 1])
+    batch = batch_of(variant)
     steps = max(1, args.images // batch)
-    every = max(1, steps // args.points)
+    every = max(1, (args.every_images or args.images // args.points) // batch)
     run = args.out / f"{name}-{args.size}"
     cmd = [
         sys.executable, "-m", "animegen", "train", "--data", str(args.data), "--preset", preset, *extra,
         "--image-size", str(args.size), "--holdout", str(args.holdout), "--eval-every", str(every),
         "--set", "train.eval_metrics=swd", "--set", f"train.eval_n={args.eval_n}",
-        "--set", f"train.threads={args.threads}", "--set", "train.keep_checkpoints=1",
-        "--max-steps", str(steps), "--epochs", "100000", "--run-dir", str(run), "--quiet",
-        "--device", "cpu",
+        "--set", f"train.threads={args.threads}", "--epochs", "100000", "--run-dir", str(run),
+        "--quiet", "--device", "cpu",
     ]  # fmt: skip
+    if args.minutes:
+        cmd += ["--max-minutes", str(args.minutes)]
+    else:
+        cmd += ["--max-steps", str(steps)]
+    if args.fid_fractions:  # keep a checkpoint at every evaluation point for FID afterwards
+        cmd += ["--checkpoint-every", str(every), "--set", "train.keep_checkpoints=0"]
+    else:
+        cmd += ["--set", "train.keep_checkpoints=1"]
     if args.cache_dir:
         cmd += ["--cache-dir", str(args.cache_dir)]
     if args.limit:
@@ -71,45 +96,95 @@ def train(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     with open(args.out / f"{name}-{args.size}.train.txt", "w") as log:
         code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env(args.threads))
-    result: dict[str, Any] = {
+    rows = read_log(run)
+    evals = [r for r in rows if r.get("kind") == "eval" and "swd" in r]
+    last_iteration = max((r.get("iteration", 0) for r in rows), default=0)
+    return {
         "preset": name,
         "command": " ".join(cmd[3:]),
         "size": args.size,
         "batch": batch,
-        "steps": steps,
-        "images": steps * batch,
+        "steps": last_iteration,
+        "images": last_iteration * batch,
         "train_exit": code,
-        "train_seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(time.perf_counter() - started, 1),  # including evaluations
+        "train_seconds": evals[-1].get("train_seconds", evals[-1]["wall_time"]) if evals else None,
         "run": str(run),
+        "every_images": every * batch,
+        "curve": [
+            {
+                "images": r["iteration"] * batch,
+                "train_seconds": r.get("train_seconds", r["wall_time"]),
+                "swd": r["swd"],
+            }
+            for r in evals
+        ],
     }
-    rows = []
-    try:
-        rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line]
-    except OSError:
-        pass
-    result["curve"] = [
-        {"images": r["iteration"] * batch, "wall_time": r["wall_time"], "swd": r["swd"]}
-        for r in rows
-        if r.get("kind") == "eval" and "swd" in r
-    ]
-    if code == 0:
-        out = args.out / f"{name}-{args.size}.eval.json"
-        ev = [
-            sys.executable, "-m", "animegen", "evaluate", str(run), "--data", str(args.data),
-            "--holdout", str(args.holdout), "--n", str(args.n), "--json", str(out), "--quiet",
-            "--device", "cpu",
-        ]  # fmt: skip
-        if args.cache_dir:
-            ev += ["--cache-dir", str(args.cache_dir)]
-        if args.limit:
-            ev += ["--limit", str(args.limit)]
-        with open(args.out / f"{name}-{args.size}.eval.txt", "w") as log:
-            if subprocess.call(ev, stdout=log, stderr=subprocess.STDOUT, env=env(args.threads)) == 0:
-                final = json.loads(out.read_text())
-                result["final"] = {
-                    k: final.get(k) for k in ("fid", "kid", "kid_std", "swd", "n_fake", "n_real")
-                }
-    return result
+
+
+def checkpoints_by_images(result: dict[str, Any]) -> dict[int, Path]:
+    from animegen.training.checkpoint import CKPT_RE
+
+    found = {}
+    for p in (Path(result["run"]) / "checkpoints").glob("ckpt_*.safetensors"):
+        m = CKPT_RE.match(p.name)
+        if m:
+            found[int(m.group(2)) * result["batch"]] = p
+    return found
+
+
+def fid_points(results: list[dict[str, Any]], fractions: list[float]) -> list[tuple[int, int, Path]]:
+    """(run index, target images, checkpoint): each run's final checkpoint, and with fractions, the
+    checkpoint nearest each fraction of the first run's final images if one is that near."""
+    reference = results[0]["images"]
+    points: dict[tuple[int, int], tuple[int, int, Path]] = {}
+    for i, r in enumerate(results):
+        kept = checkpoints_by_images(r)
+        if not kept:
+            continue
+        final = max(kept)
+        points[(i, final)] = (i, final, kept[final])
+        for f in fractions:
+            target = round(reference * f)
+            near = min(kept, key=lambda images, t=target: abs(images - t))
+            if abs(near - target) <= 0.75 * r["every_images"]:
+                points[(i, near)] = (i, target, kept[near])
+    return sorted(points.values(), key=lambda p: (p[0], p[2].name))
+
+
+def evaluate_checkpoint(ckpt: Path, args: argparse.Namespace) -> dict[str, Any] | None:
+    out = ckpt.with_suffix(f".n{args.n}.eval.json")
+    ev = [
+        sys.executable, "-m", "animegen", "evaluate", str(ckpt), "--data", str(args.data),
+        "--holdout", str(args.holdout), "--n", str(args.n), "--json", str(out), "--quiet",
+        "--device", "cpu",
+    ]  # fmt: skip
+    if args.cache_dir:
+        ev += ["--cache-dir", str(args.cache_dir)]
+    if args.limit:
+        ev += ["--limit", str(args.limit)]
+    with open(out.with_suffix(".txt"), "w") as log:
+        if subprocess.call(ev, stdout=log, stderr=subprocess.STDOUT, env=env(args.threads)) != 0:
+            return None
+    final = json.loads(out.read_text())
+    return {k: final.get(k) for k in ("fid", "kid", "kid_std", "swd", "n_fake", "n_real")}
+
+
+def score(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    """FID/KID/SWD at the chosen checkpoints, into each result's "scores" (by images) and "final"."""
+    points = fid_points(results, args.fid_fractions)
+    # The real side's Inception features are cached per folder: compute them once, not in parallel.
+    first = [evaluate_checkpoint(points[0][2], args)] if points else []
+    with ThreadPoolExecutor(args.parallel) as pool:
+        rest = list(pool.map(lambda p: evaluate_checkpoint(p[2], args), points[1:]))
+    for (i, target, ckpt), metrics in zip(points, first + rest, strict=True):
+        if metrics is None:
+            continue
+        r = results[i]
+        images = next(im for im, p in checkpoints_by_images(r).items() if p == ckpt)
+        r.setdefault("scores", []).append({"images": images, "target": target, **metrics})
+        if images == max(checkpoints_by_images(r)):
+            r["final"] = {"images": images, **metrics}
 
 
 def side_by_side(results: list[dict[str, Any]], out: Path) -> None:
@@ -133,41 +208,80 @@ def side_by_side(results: list[dict[str, Any]], out: Path) -> None:
     canvas.save(out)
 
 
-def print_table(results: list[dict[str, Any]]) -> None:
-    head = f"{'images':>7} {'train s':>8} {'FID':>7} {'KID':>7} {'SWD':>7} {'n':>5}"
-    print(f"{'preset':<14} {'px':>3} {'batch':>5} {head}")
-
+def print_table(results: list[dict[str, Any]], fractions: list[float]) -> None:
     def num(f: dict[str, Any], key: str, digits: int) -> str:
         v = f.get(key)
         return f"{v:7.{digits}f}" if isinstance(v, (int, float)) else f"{'-':>7}"
 
+    print("final generators (the same-wall-clock comparison when the runs had --minutes)")
+    print(
+        f"{'preset':<18} {'px':>3} {'batch':>5} {'images':>7} {'train s':>8} "
+        f"{'FID':>7} {'KID':>7} {'SWD':>7} {'n':>5}"
+    )
     for r in results:
         f = r.get("final", {})
-
+        secs = r["train_seconds"] if r["train_seconds"] is not None else r["seconds"]
         print(
-            f"{r['preset']:<14} {r['size']:>3} {r['batch']:>5} {r['images']:>7} {r['train_seconds']:>8.0f} "
+            f"{r['preset']:<18} {r['size']:>3} {r['batch']:>5} {r['images']:>7} {secs:>8.0f} "
             f"{num(f, 'fid', 1)} {num(f, 'kid', 4)} {num(f, 'swd', 1)} {f.get('n_fake', '-')!s:>5}"
         )
-    print("\nheld-out SWD by images seen (eval n per side as in the runs)")
+    if fractions and results and results[0].get("final"):
+        ref = results[0]
+        print(
+            f"\nFID at fractions of {ref['preset']}'s {ref['images']} images (checkpoint images in brackets)"
+        )
+        for r in results:
+            cells = []
+            for f in fractions:
+                target = round(ref["images"] * f)
+                hit = [s for s in r.get("scores", []) if s["target"] == target]
+                cells.append(f"{f:g}: {hit[0]['fid']:.1f} ({hit[0]['images']})" if hit else f"{f:g}: -")
+            print(f"{r['preset']:<18} " + "  ".join(cells))
+        goal = ref["final"].get("fid")
+        if goal is not None:
+            print(f"\nfirst checkpoint at or below {ref['preset']}'s final FID {goal:.1f}:")
+            for r in results[1:]:
+                hits = sorted(
+                    (s["images"], s["fid"])
+                    for s in r.get("scores", [])
+                    if s.get("fid") is not None and s["fid"] <= goal
+                )
+                where = "none of the scored checkpoints"
+                if hits:
+                    images, fid = hits[0]
+                    where = (
+                        f"{images} images ({images / ref['images']:.2f} of {ref['images']}), FID {fid:.1f}"
+                    )
+                print(f"  {r['preset']:<18} {where}")
+    print("\nheld-out SWD by images seen (training seconds in brackets)")
     for r in results:
-        curve = "  ".join(f"{p['images']}: {p['swd']:.1f} ({p['wall_time']:.0f} s)" for p in r["curve"])
-        print(f"{r['preset']:<14} {curve}")
+        curve = "  ".join(f"{p['images']}: {p['swd']:.1f} ({p['train_seconds']:.0f} s)" for p in r["curve"])
+        print(f"{r['preset']:<18} {curve}")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--size", type=int, default=64)
-    p.add_argument("--images", type=int, default=16000, help="images seen per preset")
+    p.add_argument("--images", type=int, default=16000, help="images seen per run (without --minutes)")
+    p.add_argument("--minutes", type=float, help="training minutes per run instead of a number of images")
     p.add_argument(
         "--presets",
         nargs="+",
         default=["seed", "default", "modern"],
         help="preset names, or variants 'NAME=PRESET ARGS' (e.g. 'modern-b16=modern --batch-size 16')",
     )
-    p.add_argument("--points", type=int, default=4, help="held-out SWD evaluations per run")
+    p.add_argument("--points", type=int, default=4, help="held-out SWD evaluations per run (with --images)")
+    p.add_argument("--every-images", type=int, help="images between held-out SWD evaluations")
     p.add_argument("--eval-n", type=int, default=500, help="faces per side for the SWD curve")
-    p.add_argument("--n", type=int, default=500, help="faces per side for the final FID/KID/SWD")
+    p.add_argument("--n", type=int, default=500, help="faces per side for FID/KID/SWD after training")
+    p.add_argument(
+        "--fid-fractions",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also score checkpoints at these fractions of the first run's final images",
+    )
     p.add_argument("--holdout", type=float, default=0.1)
     p.add_argument("--limit", type=int)
     p.add_argument("--cache-dir", type=Path)
@@ -178,12 +292,17 @@ def main(argv: list[str] | None = None) -> int:
     args.data = args.data.resolve()
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.minutes and not args.every_images:
+        p.error("--minutes needs --every-images (the number of images per run is not known in advance)")
     with ThreadPoolExecutor(args.parallel) as pool:
         results = list(pool.map(lambda preset: train(preset, args), args.presets))
     (args.out / "study.json").write_text(json.dumps(results, indent=2) + "\n")
+    score(results, args)
+    (args.out / "study.json").write_text(json.dumps(results, indent=2) + "\n")
     side_by_side(results, args.out / "side_by_side.png")
-    print(f"data {args.data}, held out {args.holdout:.0%}, {args.size} px, {args.images} images per preset")
-    print_table(results)
+    budget = f"{args.minutes:g} training minutes" if args.minutes else f"{args.images} images"
+    print(f"data {args.data}, held out {args.holdout:.0%}, {args.size} px, {budget} per run")
+    print_table(results, args.fid_fractions)
     return 0 if all(r["train_exit"] == 0 for r in results) else 1
 
 

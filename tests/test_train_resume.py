@@ -124,3 +124,28 @@ def test_speed_options_train(image_folder, tmp_path, amp_flags):
         )
         == 0
     )
+
+
+def test_time_budget_stops_resumes_and_leaves_evaluation_out(image_folder, tmp_path):
+    run = tmp_path / "run"
+    # 40 images, 10% held out, batch 8: 4 steps per epoch; the budget is checked at log rows (every 2).
+    common = ["--data", str(image_folder), "--holdout", "0.1", *TINY, "--set", "train.eval_metrics=swd"]
+    budget = ["--epochs", "3", "--max-minutes", "1e-6", "--eval-every", "2", "--run-dir", str(run)]
+    assert main(["train", *common, *budget]) == 0
+    _, meta = _weights(run)
+    assert meta["iteration"] == 2  # stopped at the first check, mid-epoch, with a checkpoint
+    evals = [
+        r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r.get("kind") == "eval"
+    ]
+    assert len(evals) == 1 and 0 < evals[0]["train_seconds"] < evals[0]["wall_time"]
+    assert 0 < meta["eval_seconds"] < meta["wall_time"]
+    # A resume under the same budget has nothing left to do; lifting it finishes the 3 epochs.
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert _weights(run)[1]["iteration"] == 2
+    assert main(["train", "--resume", str(run), "--set", "train.max_minutes=none", "--quiet"]) == 0
+    assert _weights(run)[1]["iteration"] == 12
+
+
+def test_time_budget_must_be_positive(image_folder, tmp_path, capsys):
+    assert main(["train", "--data", str(image_folder), *TINY, "--max-minutes", "0"]) == 2
+    assert "train.max_minutes must be positive" in capsys.readouterr().err

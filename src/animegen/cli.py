@@ -70,6 +70,12 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
         "and checkpoints/best.safetensors by FID (SWD without the Inception weights)",
     )
     p.add_argument("--max-steps", type=int, metavar="N", help="stop after N iterations in total (quick runs)")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        metavar="M",
+        help="stop after M minutes of training in total (held-out evaluations do not count)",
+    )
     p.add_argument("--checkpoint-every", type=int, metavar="N", help="also checkpoint every N iterations")
     p.add_argument(
         "--workers", type=int, metavar="N", help="decode threads for the first pass over the folder"
@@ -111,6 +117,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
         "train.eval_every": args.eval_every,
         "data.holdout": args.holdout,
         "train.max_steps": args.max_steps,
+        "train.max_minutes": args.max_minutes,
         "train.checkpoint_every": args.checkpoint_every,
         "train.sync_bn": args.sync_bn,
         "train.tensorboard": args.tensorboard,

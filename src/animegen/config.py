@@ -71,6 +71,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     max_steps: int | None = None  # stop after this many iterations (benchmarks, smoke tests)
+    # Stop after this many minutes of training, summed over resumes; held-out evaluations pause
+    # the clock, so runs that evaluate at different rates still get the same training time.
+    max_minutes: float | None = None
     checkpoint_every: int = 0  # also checkpoint every N iterations; 0 = only at epoch ends
     keep_checkpoints: int = 3
     log_every: int = 10  # iterations between log.jsonl rows (losses are read from the device this often)
@@ -147,6 +150,8 @@ class Config:
             raise UserError(f"train.compile must be one of {', '.join(COMPILE_MODES)}, not {t.compile!r}")
         if not 0 <= self.data.holdout < 1:
             raise UserError(f"data.holdout must be in [0, 1), not {self.data.holdout}")
+        if t.max_minutes is not None and not t.max_minutes > 0:
+            raise UserError(f"train.max_minutes must be positive, not {t.max_minutes}")
         if t.eval_every < 0 or t.eval_n < 0:
             raise UserError("train.eval_every and train.eval_n must be >= 0")
         if t.eval_every and not self.data.holdout:

@@ -160,6 +160,8 @@ class Trainer:
         # The best evaluation so far: {"metric", "score", "iteration"}; kept in checkpoints.
         self.best: dict[str, Any] = {}
         self._last_eval = -1
+        self.eval_seconds = 0.0  # held-out evaluation time, left out of train.max_minutes
+        self._time_up = False
         # With label smoothing s, D(x) aims at 1 - s: "D wins" must be judged below that.
         d_x_above = min(0.95, 1.0 - cfg.optim.label_smoothing - 0.02)
         self.health = HealthMonitor(d_x_above=d_x_above)
@@ -260,6 +262,7 @@ class Trainer:
             "data_key": self.images.key if self.images else None,
             "data_count": len(self.images) if self.images else 0,
             "wall_time": self.wall_offset + (time.perf_counter() - self._t_start),
+            "eval_seconds": self.eval_seconds,
             "optG": mg,
             "optD": md,
             "rng": mr,
@@ -306,6 +309,7 @@ class Trainer:
         if self.pos.step >= len(self.feeder):
             self.pos = Position(self.pos.epoch + 1, 0, self.pos.iteration)
         self.wall_offset = float(meta.get("wall_time", 0.0))
+        self.eval_seconds = float(meta.get("eval_seconds", 0.0))
         self.best = self._best_on_disk(dict(meta.get("best") or {}))
         health = dict(meta.get("health") or {})
         self.rolled_back = bool(health.pop("rolled_back", False))
@@ -367,6 +371,7 @@ class Trainer:
 
     def evaluate_now(self) -> None:
         """Evaluate on the held-out images, log it, and keep checkpoints/best.safetensors."""
+        started = time.perf_counter()
         if self.evaluator is not None:
             it = self.pos.iteration
             result = self.evaluator(self._sampling_net(), it)
@@ -379,6 +384,7 @@ class Trainer:
                         "kind": "eval",
                         **result.metrics,
                         "wall_time": wall,
+                        "train_seconds": round(self.train_seconds() - (time.perf_counter() - started), 3),
                     }
                 )
                 shown = ", ".join(
@@ -396,6 +402,26 @@ class Trainer:
                 )
         self._last_eval = self.pos.iteration
         distributed.barrier(self.dist)
+        # Every rank waited for the evaluation, so every rank's clock leaves it out.
+        self.eval_seconds += time.perf_counter() - started
+
+    def train_seconds(self) -> float:
+        """Wall time of this run so far, over all resumes, less held-out evaluation time."""
+        return self.wall_offset + (time.perf_counter() - self._t_start) - self.eval_seconds
+
+    def _check_time_budget(self) -> None:
+        limit = self.cfg.train.max_minutes
+        if limit is None or self._time_up:
+            return
+        # Every rank must stop at the same iteration: decide on the ranks' mean clock.
+        clock = torch.tensor([self.train_seconds()], dtype=torch.float64)
+        if self.dist.enabled:
+            clock = distributed.all_mean(clock.to(self.device), self.dist).cpu()
+        if clock.item() >= limit * 60:
+            self._time_up = True
+            self.reporter.info(
+                f"time budget of {limit:g} min reached at iteration {self.pos.iteration}"
+            )
 
     def _best_on_disk(self, best: dict[str, Any]) -> dict[str, Any]:
         """The better of `best` and what checkpoints/best.safetensors records.
@@ -486,9 +512,14 @@ class Trainer:
         last_ckpt: Path | None = None
         summary: dict[str, Any] = {}
         start_iteration = self.pos.iteration
+        if start_iteration:  # a resumed run may have used its time budget already
+            self._check_time_budget()
         with self._stop_signals():
             while (
-                self.pos.epoch < total_epochs and self.pos.iteration < total_iters and not self._interrupted
+                self.pos.epoch < total_epochs
+                and self.pos.iteration < total_iters
+                and not self._interrupted
+                and not self._time_up
             ):
                 try:
                     summary = self._run_epoch(total_epochs, total_iters)
@@ -629,6 +660,7 @@ class Trainer:
                     )
                     stats_sum.zero_()
                     stats_n = 0
+                    self._check_time_budget()
                 bar.advance(last)
                 if t.eval_every and self.pos.iteration % t.eval_every == 0:
                     self.evaluate_now()
@@ -638,7 +670,7 @@ class Trainer:
                     and self.pos.step < steps
                 ):
                     self.save_checkpoint()
-                if self.pos.iteration >= total_iters or self._interrupted:
+                if self.pos.iteration >= total_iters or self._interrupted or self._time_up:
                     break
         if epoch_n:
             means = distributed.all_mean(epoch_stats / epoch_n, self.dist).tolist()
