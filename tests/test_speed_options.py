@@ -7,10 +7,11 @@ import copy
 import pytest
 import torch
 
-from animegen.config import ModelConfig
+from animegen.config import ModelConfig, TrainConfig
 from animegen.data.batches import BatchFeeder, upload
 from animegen.models import build_models
 from animegen.training.ema import GeneratorEMA
+from animegen.training.loop import use_channels_last
 from animegen.training.step import make_loss, resolve_amp, train_step
 
 CFG = ModelConfig(arch="seed", image_size=32, width=0.25)
@@ -78,6 +79,15 @@ def test_channels_last_step_matches_contiguous():
         "off",
     )
     assert _rel(gb, ga) < 1e-4  # fp32 sums in another order
+
+
+def test_channels_last_is_left_to_inductor_on_cuda_only():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert use_channels_last(TrainConfig(channels_last=True), cuda)
+    assert not use_channels_last(TrainConfig(channels_last=True, compile="default"), cuda)
+    assert not use_channels_last(TrainConfig(channels_last=True, compile="reduce-overhead"), cuda)
+    assert use_channels_last(TrainConfig(channels_last=True, compile="default"), cpu)
+    assert not use_channels_last(TrainConfig(channels_last=False), cpu)
 
 
 def test_bf16_autocast_gradients_within_bf16_precision():

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from animegen.config import Config
+from animegen.config import Config, TrainConfig
 from animegen.data.batches import BatchFeeder, derived_seed
 from animegen.data.cache import ImageSet, load_demo, load_folder
 from animegen.data.split import holdout_split
@@ -127,7 +127,8 @@ class Trainer:
         self.netG, self.netD = build_models(cfg.model)
         self.netG.to(self.device)
         self.netD.to(self.device)
-        if cfg.train.channels_last:
+        self.channels_last = use_channels_last(cfg.train, self.device)
+        if self.channels_last:
             self.netG.to(memory_format=torch.channels_last)
             self.netD.to(memory_format=torch.channels_last)
         if cfg.train.sync_bn and self.dist.enabled:
@@ -202,7 +203,7 @@ class Trainer:
             self.device,
             seed=self.cfg.train.seed,
             hflip=self.cfg.data.hflip,
-            channels_last=self.cfg.train.channels_last,
+            channels_last=self.channels_last,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
             indices=train_rows if len(held_rows) else None,
@@ -419,9 +420,7 @@ class Trainer:
             clock = distributed.all_mean(clock.to(self.device), self.dist).cpu()
         if clock.item() >= limit * 60:
             self._time_up = True
-            self.reporter.info(
-                f"time budget of {limit:g} min reached at iteration {self.pos.iteration}"
-            )
+            self.reporter.info(f"time budget of {limit:g} min reached at iteration {self.pos.iteration}")
 
     def _best_on_disk(self, best: dict[str, Any]) -> dict[str, Any]:
         """The better of `best` and what checkpoints/best.safetensors records.
@@ -605,7 +604,7 @@ class Trainer:
                 noise = torch.randn(t.batch_size, z_dim, 1, 1, device=noise_gen.device, generator=noise_gen)
                 lo = self.dist.rank * self.local_batch
                 noise = noise[lo : lo + self.local_batch].to(self.device)
-                if t.channels_last:
+                if self.channels_last:
                     noise = noise.contiguous(memory_format=torch.channels_last)
                 o = self.cfg.optim
                 lazy_r1 = o.r1_gamma and self.pos.iteration % o.r1_every == 0
@@ -680,6 +679,14 @@ class Trainer:
 
 
 BEST_NAME = "best.safetensors"
+
+
+def use_channels_last(t: TrainConfig, device: torch.device) -> bool:
+    """Whether the models and batches are converted to channels_last."""
+    # On CUDA, inductor chooses convolution layouts itself (its layout optimisation); converting by
+    # hand as well made its stride check fail on G's first transposed convolution (H200, torch
+    # 2.11). CPU inductor handles channels_last models, so they stay converted there.
+    return t.channels_last and not (t.compile != "off" and device.type == "cuda")
 
 
 class _RolledBack(Exception):
