@@ -11,25 +11,16 @@ is what a quality guard compares between two runs at the same steps (benchmarks/
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+from animegen.training.monitor import read_log  # noqa: E402
+
 METRICS = ("fid", "kid", "swd")
-
-
-def read_rows(run: Path) -> list[dict[str, Any]]:
-    rows = []
-    try:
-        for line in (run / "log.jsonl").read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue
-    except OSError:
-        pass
-    return rows
 
 
 def evals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -56,7 +47,7 @@ def final_score(rows: list[dict[str, Any]]) -> tuple[str, float]:
 
 
 def print_tables(runs: list[Path]) -> None:
-    data = {run: read_rows(run) for run in runs}
+    data = {run: read_log(run / "log.jsonl") for run in runs}
     width = max(len(r.name) for r in runs)
     for metric in METRICS:
         points = sorted({e["iteration"] for rows in data.values() for e in evals(rows) if metric in e})
@@ -89,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pick", action="store_true", help="print the name of the run with the best final score")
     args = p.parse_args(argv)
     if args.pick:
-        scored = [(final_score(read_rows(r))[1], r.name) for r in args.runs]
+        scored = [(final_score(read_log(r / "log.jsonl"))[1], r.name) for r in args.runs]
         finite = [s for s in scored if math.isfinite(s[0])]
         print(min(finite)[1] if finite else args.runs[0].name)
         return 0

@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
 from animegen.config import build_config  # noqa: E402
+from animegen.training.monitor import read_log  # noqa: E402
 
 
 def env(threads: int) -> dict[str, str]:
@@ -59,13 +60,6 @@ def batch_of(variant: str) -> int:
     if "--batch-size" in extra:
         return int(extra[extra.index("--batch-size") + 1])
     return build_config(preset).train.batch_size
-
-
-def read_log(run: Path) -> list[dict[str, Any]]:
-    try:
-        return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line]
-    except (OSError, ValueError):
-        return []
 
 
 def train(variant: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -96,7 +90,7 @@ def train(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     with open(args.out / f"{name}-{args.size}.train.txt", "w") as log:
         code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env(args.threads))
-    rows = read_log(run)
+    rows = read_log(run / "log.jsonl")
     evals = [r for r in rows if r.get("kind") == "eval" and "swd" in r]
     last_iteration = max((r.get("iteration", 0) for r in rows), default=0)
     return {
@@ -208,6 +202,40 @@ def side_by_side(results: list[dict[str, Any]], out: Path) -> None:
     canvas.save(out)
 
 
+def plot_curves(results: list[dict[str, Any]], out: Path) -> None:
+    """Held-out SWD by images seen and by training seconds, and FID at the scored checkpoints."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for r in results:
+        c = r["curve"]
+        axes[0].plot([p["images"] for p in c], [p["swd"] for p in c], marker=".", label=r["preset"])
+        axes[1].plot(
+            [p["train_seconds"] / 60 for p in c], [p["swd"] for p in c], marker=".", label=r["preset"]
+        )
+        scores = sorted(r.get("scores", []), key=lambda s: s["images"])
+        if scores:
+            axes[2].plot(
+                [s["images"] for s in scores], [s["fid"] for s in scores], marker="o", label=r["preset"]
+            )
+    n_swd = next((r for r in results if r["curve"]), None)
+    axes[0].set(xlabel="images seen", ylabel="held-out SWD x1e3", title="SWD by images")
+    axes[1].set(
+        xlabel="training minutes (evaluation excluded)", ylabel="held-out SWD x1e3", title="SWD by time"
+    )
+    axes[2].set(xlabel="images seen", ylabel="held-out FID", title="FID at scored checkpoints")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{results[0]['size']} px" + ("" if n_swd else " (no curves)"))
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
 def print_table(results: list[dict[str, Any]], fractions: list[float]) -> None:
     def num(f: dict[str, Any], key: str, digits: int) -> str:
         v = f.get(key)
@@ -300,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     score(results, args)
     (args.out / "study.json").write_text(json.dumps(results, indent=2) + "\n")
     side_by_side(results, args.out / "side_by_side.png")
+    plot_curves(results, args.out / "curves.png")
     budget = f"{args.minutes:g} training minutes" if args.minutes else f"{args.images} images"
     print(f"data {args.data}, held out {args.holdout:.0%}, {args.size} px, {budget} per run")
     print_table(results, args.fid_fractions)
