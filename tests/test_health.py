@@ -151,6 +151,25 @@ def test_varied_fakes_are_not_collapse_and_rearm_it():
     assert [e.kind for e in m.observe_samples(4000, collapsed(16), real)] == [COLLAPSE]
 
 
+def few_faces(faces: int, n: int = 16) -> torch.Tensor:
+    """A G collapsed to a handful of faces: each drawn n / faces times with a little noise."""
+    g = torch.Generator().manual_seed(9)
+    base = blobs(faces, seed=4).repeat(n // faces, 1, 1, 1)
+    return (base + 0.02 * torch.randn(base.shape, generator=g)).clamp(-1, 1)
+
+
+def test_collapse_to_a_handful_of_faces_is_caught_by_twins():
+    m = HealthMonitor(sample_warmup_iters=0)
+    real = blobs(16, seed=2)
+    events = m.observe_samples(500, few_faces(4), real)
+    fake, real_div = m.last_sample_diversity
+    assert fake > 0.5 * real_div  # the mean pairwise distance alone would not notice
+    assert m.last_twin_share == 1.0
+    assert [e.kind for e in events] == [COLLAPSE] and "near twin" in events[0].message
+    # Varied faces have no twins, and clear the warning.
+    assert m.observe_samples(600, blobs(16, seed=5), real) == [] and m.last_twin_share == 0.0
+
+
 def test_collapse_is_not_judged_during_warmup():
     m = HealthMonitor(sample_warmup_iters=2000)
     real = blobs(16, seed=2)
