@@ -127,23 +127,31 @@ def checkpoints_by_images(result: dict[str, Any]) -> dict[int, Path]:
     return found
 
 
-def fid_points(results: list[dict[str, Any]], fractions: list[float]) -> list[tuple[int, int, Path]]:
-    """(run index, target images, checkpoint): each run's final checkpoint, and with fractions, the
-    checkpoint nearest each fraction of the first run's final images if one is that near."""
+def fid_points(results: list[dict[str, Any]], fractions: list[float]) -> list[dict[str, Any]]:
+    """Checkpoints to score: each run's final one, and with fractions, the one nearest each fraction
+    of the first run's final images if one is that near. Each point names its run index, target
+    images, checkpoint images and path, and whether it is the run's final checkpoint."""
     reference = results[0]["images"]
-    points: dict[tuple[int, int], tuple[int, int, Path]] = {}
+    points: dict[tuple[int, int], dict[str, Any]] = {}
     for i, r in enumerate(results):
         kept = checkpoints_by_images(r)
         if not kept:
             continue
         final = max(kept)
-        points[(i, final)] = (i, final, kept[final])
+        points[(i, final)] = {"run": i, "target": final, "images": final, "ckpt": kept[final], "final": True}
         for f in fractions:
             target = round(reference * f)
             near = min(kept, key=lambda images, t=target: abs(images - t))
             if abs(near - target) <= 0.75 * r["every_images"]:
-                points[(i, near)] = (i, target, kept[near])
-    return sorted(points.values(), key=lambda p: (p[0], p[2].name))
+                point = {
+                    "run": i,
+                    "target": target,
+                    "images": near,
+                    "ckpt": kept[near],
+                    "final": near == final,
+                }
+                points[(i, near)] = point
+    return sorted(points.values(), key=lambda p: (p["run"], p["images"]))
 
 
 def evaluate_checkpoint(ckpt: Path, args: argparse.Namespace) -> dict[str, Any] | None:
@@ -168,17 +176,16 @@ def score(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     """FID/KID/SWD at the chosen checkpoints, into each result's "scores" (by images) and "final"."""
     points = fid_points(results, args.fid_fractions)
     # The real side's Inception features are cached per folder: compute them once, not in parallel.
-    first = [evaluate_checkpoint(points[0][2], args)] if points else []
+    first = [evaluate_checkpoint(points[0]["ckpt"], args)] if points else []
     with ThreadPoolExecutor(args.parallel) as pool:
-        rest = list(pool.map(lambda p: evaluate_checkpoint(p[2], args), points[1:]))
-    for (i, target, ckpt), metrics in zip(points, first + rest, strict=True):
+        rest = list(pool.map(lambda p: evaluate_checkpoint(p["ckpt"], args), points[1:]))
+    for p, metrics in zip(points, first + rest, strict=True):
         if metrics is None:
             continue
-        r = results[i]
-        images = next(im for im, p in checkpoints_by_images(r).items() if p == ckpt)
-        r.setdefault("scores", []).append({"images": images, "target": target, **metrics})
-        if images == max(checkpoints_by_images(r)):
-            r["final"] = {"images": images, **metrics}
+        r = results[p["run"]]
+        r.setdefault("scores", []).append({"images": p["images"], "target": p["target"], **metrics})
+        if p["final"]:
+            r["final"] = {"images": p["images"], **metrics}
 
 
 def side_by_side(results: list[dict[str, Any]], out: Path) -> None:
