@@ -16,6 +16,10 @@ computed after training, with `animegen evaluate` on kept checkpoints (n faces p
       --fid-fractions 0.25 0.5 1 --n 300 --parallel 3 --out study64 [--presets seed default modern]
   python benchmarks/quality.py --data DIR --size 64 --images 16000 --out study64     # equal images
 
+With --reuse, runs already in --out are scored again instead of retrained (add a preset to an
+earlier study at equal images, or score it at a larger n), and a checkpoint's evaluation JSON is
+reused when it was made against the same held-out faces at the same n.
+
 Runs go `--parallel` at a time, each with `--threads` torch threads, so on a small CPU they share
 the cores evenly; the wall times are then comparable with each other, not with a quiet machine.
 """
@@ -88,8 +92,12 @@ def train(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     if args.limit:
         cmd += ["--limit", str(args.limit)]
     started = time.perf_counter()
-    with open(args.out / f"{name}-{args.size}.train.txt", "w") as log:
-        code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env(args.threads))
+    reused = args.reuse and (run / "log.jsonl").exists()
+    if reused:  # a finished run of an earlier study: score it again, do not retrain it
+        code = 0
+    else:
+        with open(args.out / f"{name}-{args.size}.train.txt", "w") as log:
+            code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env(args.threads))
     rows = read_log(run / "log.jsonl")
     evals = [r for r in rows if r.get("kind") == "eval" and "swd" in r]
     last_iteration = max((r.get("iteration", 0) for r in rows), default=0)
@@ -101,7 +109,8 @@ def train(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         "steps": last_iteration,
         "images": last_iteration * batch,
         "train_exit": code,
-        "seconds": round(time.perf_counter() - started, 1),  # including evaluations
+        "reused": reused,
+        "seconds": round(time.perf_counter() - started, 1) if not reused else None,  # with evaluations
         "train_seconds": evals[-1].get("train_seconds", evals[-1]["wall_time"]) if evals else None,
         "run": str(run),
         "every_images": every * batch,
@@ -154,8 +163,28 @@ def fid_points(results: list[dict[str, Any]], fractions: list[float]) -> list[di
     return sorted(points.values(), key=lambda p: (p["run"], p["images"]))
 
 
+def cached_scores(out: Path, ckpt: Path, args: argparse.Namespace) -> dict[str, Any] | None:
+    """An earlier evaluation of this very checkpoint against the same held-out faces, if any."""
+    try:
+        old = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return None
+    same = (
+        out.stat().st_mtime >= ckpt.stat().st_mtime
+        and old.get("checkpoint") == str(ckpt)
+        and old.get("data") == str(args.data)
+        and old.get("holdout") == args.holdout
+        and old.get("limit") == args.limit
+        and old.get("n_fake") == args.n
+    )
+    return old if same else None
+
+
 def evaluate_checkpoint(ckpt: Path, args: argparse.Namespace) -> dict[str, Any] | None:
     out = ckpt.with_suffix(f".n{args.n}.eval.json")
+    old = cached_scores(out, ckpt, args)
+    if old is not None:
+        return {k: old.get(k) for k in ("fid", "kid", "kid_std", "swd", "n_fake", "n_real")}
     ev = [
         sys.executable, "-m", "animegen", "evaluate", str(ckpt), "--data", str(args.data),
         "--holdout", str(args.holdout), "--n", str(args.n), "--json", str(out), "--quiet",
@@ -255,7 +284,7 @@ def print_table(results: list[dict[str, Any]], fractions: list[float]) -> None:
     )
     for r in results:
         f = r.get("final", {})
-        secs = r["train_seconds"] if r["train_seconds"] is not None else r["seconds"]
+        secs = r["train_seconds"] or r["seconds"] or 0
         print(
             f"{r['preset']:<18} {r['size']:>3} {r['batch']:>5} {r['images']:>7} {secs:>8.0f} "
             f"{num(f, 'fid', 1)} {num(f, 'kid', 4)} {num(f, 'swd', 1)} {f.get('n_fake', '-')!s:>5}"
@@ -323,6 +352,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep runs already in --out (a run dir with a log.jsonl) instead of training them again",
+    )
     args = p.parse_args(argv)
     args.data = args.data.resolve()
     args.out = args.out.resolve()

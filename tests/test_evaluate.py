@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import TINY
 from PIL import Image
 
 from animegen.cli import main
@@ -110,3 +111,20 @@ def test_fid_kid_pr_nearest_with_real_inception(tiny_run, tmp_path):
         )
         == 0
     )
+
+
+def test_no_ema_scores_the_trained_generator(tiny_run, tmp_path):
+    """With an EMA in the checkpoint, evaluate scores it by default and the raw G with --no-ema."""
+    root, _ = tiny_run
+    run = tmp_path / "ema_run"
+    args = ["train", "--data", str(root / "faces"), "--epochs", "2", "--run-dir", str(run), *TINY]
+    assert main([*args, "--set", "optim.ema=0.9", "--quiet"]) == 0
+    scores = {}
+    for flags in ([], ["--no-ema"]):
+        out = tmp_path / f"swd{len(flags)}.json"
+        base = ["evaluate", str(run), "--data", str(root / "faces"), "--n", "16", "--metrics", "swd"]
+        assert main([*base, "--json", str(out), "--quiet", *flags]) == 0
+        result = json.loads(out.read_text())
+        scores[result["weights"]] = result["swd"]
+    assert set(scores) == {"G_ema", "G"}
+    assert scores["G_ema"] != scores["G"]

@@ -334,7 +334,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         )
     if args.n is not None and args.n < 2:
         raise UserError("--n must be at least 2")
-    gen = load_generator(args.checkpoint, device=_device(args.device))
+    gen = load_generator(args.checkpoint, device=_device(args.device), prefer_ema=not args.no_ema)
     real = load_folder(args.data, gen.config.image_size, cache_root=args.cache_dir, limit=args.limit)
     warning = real.warning_line()
     if warning:
@@ -364,7 +364,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         nearest_out=nearest_out,
         progress=None if args.quiet else (lambda m: print(m, file=sys.stderr)),
     )
+    result["weights"] = gen.info["weights"]
     result["data"] = str(args.data)
+    result["holdout"] = args.holdout
+    result["limit"] = args.limit
     print(format_result(result))
     if args.json:
         write_json(result, args.json)
@@ -510,6 +513,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bn", choices=export.BN_MODES, default=export.DEFAULT_BN_MODE)
+    p.add_argument(
+        "--no-ema",
+        action="store_true",
+        help="score the trained generator itself, not its EMA (to measure what the EMA adds)",
+    )
     p.add_argument("--limit", type=int, help="use only the first N files of the folder")
     p.add_argument(
         "--holdout",

@@ -200,4 +200,6 @@ def format_result(result: dict[str, Any]) -> str:
         parts.append(f"SWD {result['swd']:.2f} (x1e3)")
     if "precision" in result:
         parts.append(f"precision {result['precision']:.3f} recall {result['recall']:.3f}")
+    if "weights" in result:
+        parts.append(f"weights {result['weights']}")
     return "  ".join(parts)

@@ -153,14 +153,17 @@ def load_generator(
     if not _is_safetensors(source):
         state = _load_torch_state(source)
         cfg = infer_model_config(state)
-        info["kind"] = "tutorial"
+        info.update(kind="tutorial", weights="G")
     else:
         tensors, meta = ckpt.read_checkpoint(source)
         prefix = "G_ema" if prefer_ema and any(k.startswith("G_ema.") for k in tensors) else "G"
         state = ckpt.unpack_state_dict(prefix, tensors)
         cfg = model_config_from_meta(meta, source)
         info.update(
-            kind=meta.get("kind"), epochs_done=meta.get("epochs_done"), iteration=meta.get("iteration")
+            kind=meta.get("kind"),
+            epochs_done=meta.get("epochs_done"),
+            iteration=meta.get("iteration"),
+            weights=prefix,
         )
     net = instantiate(Generator, cfg, state, source, device)
     return LoadedGenerator(net, cfg, source, device, info)
