@@ -51,6 +51,25 @@ def test_nonfinite_rolls_back_once_with_halved_learning_rates(image_folder, tmp_
     assert [r["iteration"] for r in train_rows] == sorted(r["iteration"] for r in train_rows)
 
 
+def test_rollback_keeps_the_clock_running(image_folder, tmp_path, monkeypatch):
+    """Wall time after a roll-back counts the lost stretch once, not again from the checkpoint's."""
+    _poison(monkeypatch, {7})
+    clock = {"t": 0.0}
+
+    def tick() -> float:  # a clock that only moves when read, so the arithmetic is exact
+        clock["t"] += 1.0
+        return clock["t"]
+
+    monkeypatch.setattr(loop.time, "perf_counter", tick)
+    run = tmp_path / "run"
+    start = tick()
+    args = ["train", "--data", str(image_folder), "--epochs", "2", "--run-dir", str(run), *TINY]
+    assert main(args) == 0
+    elapsed = tick() - start
+    _, meta = ckpt.read_checkpoint(ckpt.list_checkpoints(run / "checkpoints")[-1])
+    assert 0 < meta["wall_time"] <= elapsed
+
+
 def test_second_nonfinite_stops_with_one_line(image_folder, tmp_path, monkeypatch, capsys):
     _poison(monkeypatch, {7, 9})
     run = tmp_path / "run"

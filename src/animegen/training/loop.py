@@ -474,7 +474,10 @@ class Trainer:
         except CheckpointError:
             raise UserError(f"{message}, before the first checkpoint: {advice}") from None
         distributed.barrier(self.dist)
+        # The rolled-back stretch was still spent: the clocks go on from now, not from the checkpoint.
+        clocks = self.wall_offset, self.eval_seconds
         self._restore(path)
+        self.wall_offset, self.eval_seconds = clocks
         for opt in (self.optG, self.optD):
             for group in opt.param_groups:
                 group["lr"] *= 0.5
