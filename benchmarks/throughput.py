@@ -79,6 +79,7 @@ class BenchConfig:
     preset: str | None
     args: tuple[str, ...] = ()
     note: str = ""
+    env: tuple[tuple[str, str], ...] = ()  # extra environment for the child process
 
 
 CONFIGS: tuple[BenchConfig, ...] = (
@@ -101,6 +102,18 @@ CONFIGS: tuple[BenchConfig, ...] = (
         "default",
         ("--compile", "reduce-overhead", "--set", "train.channels_last=false"),
     ),
+    # Inductor's own channels_last choice on CUDA trips stride checks in convolution backward
+    # (pytorch/pytorch#171622): this row keeps every layout as eager mode has it.
+    BenchConfig(
+        "default/compile+no-layout-opt",
+        "default",
+        ("--compile", "default"),
+        env=(("TORCHINDUCTOR_LAYOUT_OPTIMIZATION", "0"),),
+    ),
+    # The whole step (both optimisers too) as one CUDA graph, without inductor.
+    BenchConfig("seed/cuda_graph", "seed", ("--set", "train.cuda_graph=true")),
+    BenchConfig("default/cuda_graph", "default", ("--set", "train.cuda_graph=true")),
+    BenchConfig("default/cuda_graph+bf16", "default", ("--set", "train.cuda_graph=true", "--amp", "bf16")),
     BenchConfig("default/channels_last=false", "default", ("--set", "train.channels_last=false")),
     BenchConfig("default/threads=1", "default", ("--set", "train.threads=1")),
     BenchConfig("default/threads=2", "default", ("--set", "train.threads=2")),
@@ -399,7 +412,8 @@ def run_animegen(
         cmd += ["--limit", str(args.limit)]
     result.command = cmd
     log = work / f"{run_dir.name}.txt"
-    code, rss, seconds = run_child(cmd, child_env(hide_gpus=False), log, args.timeout)
+    env = {**child_env(hide_gpus=False), **dict(bc.env)}
+    code, rss, seconds = run_child(cmd, env, log, args.timeout)
     result.peak_rss_mb, result.seconds = rss, seconds
     if code != 0:
         result.error = f"exit {code}: {tail(log)}"
@@ -455,6 +469,7 @@ def profile(bc: BenchConfig, args: argparse.Namespace, device: torch.device) -> 
 
     from animegen.data.batches import BatchFeeder
     from animegen.models import build_models
+    from animegen.training.graphed import GraphedStep
     from animegen.training.loop import load_images, seed_everything
     from animegen.training.step import make_loss, train_step
 
@@ -471,9 +486,16 @@ def profile(bc: BenchConfig, args: argparse.Namespace, device: torch.device) -> 
         netD.to(memory_format=torch.channels_last)
     o = cfg.optim
     fused = {"fused": True} if device.type == "cuda" else {}
+    if t.cuda_graph and device.type == "cuda":
+        fused["capturable"] = True
     optG = torch.optim.Adam(netG.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2), **fused)
     optD = torch.optim.Adam(netD.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2), **fused)
     loss = make_loss(o.loss, o.label_smoothing)
+
+    def plain(real: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return train_step(netG, netD, optG, optD, real, noise, loss, t.amp)
+
+    run_step = GraphedStep(plain, device) if t.cuda_graph else plain
     images = load_images(cfg)
     feeder = BatchFeeder(
         images.images, t.batch_size, device, seed=t.seed, hflip=cfg.data.hflip, channels_last=t.channels_last
@@ -488,14 +510,16 @@ def profile(bc: BenchConfig, args: argparse.Namespace, device: torch.device) -> 
             if t.channels_last:
                 noise = noise.contiguous(memory_format=torch.channels_last)
         with record_function("## train_step"):
-            train_step(netG, netD, optG, optD, real, noise, loss, t.amp)
+            run_step(real, noise)
 
-    steps = min(args.profile_steps, len(feeder) - args.warmup)
+    # A graphed step is captured after its eager warm-up: keep both out of the profile.
+    warmup = max(args.warmup, run_step.warmup + 2) if isinstance(run_step, GraphedStep) else args.warmup
+    steps = min(args.profile_steps, len(feeder) - warmup)
     if steps < 1:
         raise SystemExit(
             f"throughput.py: {len(feeder)} batches per epoch leave no step to profile (raise --limit)"
         )
-    for _ in range(args.warmup):
+    for _ in range(warmup):
         step()
     _sync(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -511,9 +535,26 @@ def profile(bc: BenchConfig, args: argparse.Namespace, device: torch.device) -> 
         f"channels_last {t.channels_last}, threads {torch.get_num_threads()}) on {device}: "
         f"{seconds / steps * 1000:.1f} ms/step, {ips:.2f} images/s under the profiler"
     )
-    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    print(prof.key_averages().table(sort_by=sort, row_limit=15))
+    averages = prof.key_averages()
+    if device.type == "cuda":
+        print(device_summary(averages, steps, seconds))
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(averages.table(sort_by=sort, row_limit=15))
     return 0
+
+
+def device_summary(averages: Any, steps: int, seconds: float) -> str:
+    """Per step: wall time, time the GPU spent in kernels, and launches, so a host-bound step shows."""
+    busy_us = sum(getattr(e, "self_device_time_total", 0.0) for e in averages)
+    launch_names = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC")
+    launches = sum(e.count for e in averages if e.key in launch_names)
+    graphs = sum(e.count for e in averages if e.key == "cudaGraphLaunch")
+    wall_ms = seconds / steps * 1000
+    busy_ms = busy_us / steps / 1000
+    return (
+        f"per step: {wall_ms:.2f} ms wall, {busy_ms:.2f} ms of GPU kernels ({busy_ms / wall_ms:.0%} busy), "
+        f"{launches / steps:.0f} kernel launches, {graphs / steps:.0f} graph launches"
+    )
 
 
 # ---- main ----------------------------------------------------------------------------------------

@@ -57,6 +57,12 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
         help="torch.compile G and D (reduce-overhead adds CUDA graphs); the first steps take longer",
     )
     p.add_argument(
+        "--cuda-graph",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="capture the whole training step as one CUDA graph (CUDA, one process; no augment/R1)",
+    )
+    p.add_argument(
         "--holdout",
         type=float,
         metavar="FRACTION",
@@ -114,6 +120,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
         "train.device": args.device,
         "train.amp": args.amp,
         "train.compile": args.compile,
+        "train.cuda_graph": args.cuda_graph,
         "train.eval_every": args.eval_every,
         "data.holdout": args.holdout,
         "train.max_steps": args.max_steps,

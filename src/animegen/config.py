@@ -80,6 +80,7 @@ class TrainConfig:
     sample_count: int = 64
     amp: str = "off"  # "off", "bf16", or "auto" (bf16 on a GPU that has it, off elsewhere)
     compile: str = "off"  # torch.compile G and D: "off", "default", "reduce-overhead" (CUDA graphs)
+    cuda_graph: bool = False  # capture the whole step (optimisers too) as one CUDA graph; CUDA only
     channels_last: bool = False
     threads: int = 0  # torch intra-op threads on CPU; 0 leaves PyTorch's default
     tensorboard: bool = False  # also write TensorBoard events to <run>/tensorboard
@@ -148,6 +149,20 @@ class Config:
             raise UserError(f"train.amp must be one of {', '.join(AMP_MODES)}, not {t.amp!r}")
         if t.compile not in COMPILE_MODES:
             raise UserError(f"train.compile must be one of {', '.join(COMPILE_MODES)}, not {t.compile!r}")
+        if t.cuda_graph:
+            clash = [
+                name
+                for name, on in (
+                    (f"train.compile={t.compile}", t.compile != "off"),
+                    ("optim.augment", bool(o.augment)),
+                    ("optim.r1_gamma", bool(o.r1_gamma)),
+                )
+                if on
+            ]
+            if clash:
+                raise UserError(
+                    f"train.cuda_graph replays one fixed step and cannot be combined with {', '.join(clash)}"
+                )
         if not 0 <= self.data.holdout < 1:
             raise UserError(f"data.holdout must be in [0, 1), not {self.data.holdout}")
         if t.max_minutes is not None and not t.max_minutes > 0:

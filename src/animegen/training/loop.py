@@ -27,6 +27,7 @@ from animegen.training import checkpoint as ckpt
 from animegen.training import distributed
 from animegen.training.augment import parse_policy
 from animegen.training.ema import GeneratorEMA
+from animegen.training.graphed import CaptureError, GraphedStep
 from animegen.training.health import COLLAPSE, D_WINS, NONFINITE, HealthEvent, HealthMonitor
 from animegen.training.monitor import Monitor
 from animegen.training.progress import Reporter
@@ -145,12 +146,20 @@ class Trainer:
             self.D_for_g = torch.compile(self.netD, mode=mode) if self.dist.enabled else self.D
         self.amp = resolve_amp(cfg.train.amp, self.device)
         o = cfg.optim
-        fused = {"fused": True} if self.device.type == "cuda" else {}
+        fused: dict[str, bool] = {"fused": True} if self.device.type == "cuda" else {}
+        if cfg.train.cuda_graph:
+            if self.dist.enabled:
+                raise UserError("train.cuda_graph works in one process; drop it or --nproc")
+            if self.device.type == "cuda":
+                fused["capturable"] = True  # Adam's step counter stays on the GPU, inside the graph
+            else:
+                reporter.info(f"train.cuda_graph: no CUDA graphs on {self.device.type}; runs eagerly")
         self.optG = torch.optim.Adam(self.netG.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2), **fused)
         self.optD = torch.optim.Adam(self.netD.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2), **fused)
         self.loss = make_loss(o.loss, o.label_smoothing)
         self.augment = parse_policy(o.augment)
         self.ema = GeneratorEMA(self.netG, o.ema) if o.ema else None
+        self.graphed = GraphedStep(self._plain_step, self.device) if cfg.train.cuda_graph else None
         self.fixed_noise = fixed_noise(cfg.train.sample_count, cfg.model.z_dim, cfg.train.seed).to(
             self.device
         )
@@ -167,6 +176,12 @@ class Trainer:
         d_x_above = min(0.95, 1.0 - cfg.optim.label_smoothing - 0.02)
         self.health = HealthMonitor(d_x_above=d_x_above)
         self.rolled_back = False  # a non-finite loss is rolled back once; the second one stops the run
+
+    def _plain_step(self, real: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The step train.cuda_graph captures: no augmentation or R1 (config validation ensures)."""
+        return train_step(
+            self.G, self.D, self.optG, self.optD, real, noise, self.loss, self.amp, d_for_g=self.D_for_g
+        )
 
     # ---- setup ----------------------------------------------------------------------------------
 
@@ -306,6 +321,8 @@ class Trainer:
             first = str(e).strip().splitlines()[0]
             raise CheckpointError(f"{path}: does not fit this configuration ({first})") from None
         ckpt.restore_rng(tensors, meta.get("rng", {}))
+        if self.graphed is not None:  # the optimisers' state tensors were replaced
+            self.graphed.reset()
         self.pos = Position(meta["epoch"], meta["step"], meta["iteration"])
         if self.pos.step >= len(self.feeder):
             self.pos = Position(self.pos.epoch + 1, 0, self.pos.iteration)
@@ -611,20 +628,26 @@ class Trainer:
                     noise = noise.contiguous(memory_format=torch.channels_last)
                 o = self.cfg.optim
                 lazy_r1 = o.r1_gamma and self.pos.iteration % o.r1_every == 0
-                stats = train_step(
-                    self.G,
-                    self.D,
-                    self.optG,
-                    self.optD,
-                    real,
-                    noise,
-                    self.loss,
-                    self.amp,
-                    d_for_g=self.D_for_g,
-                    augment=self.augment,
-                    aug_seed=derived_seed(t.seed, 7, self.pos.iteration),
-                    r1_weight=o.r1_gamma / 2 * o.r1_every if lazy_r1 else 0.0,
-                )
+                if self.graphed is not None:
+                    try:
+                        stats = self.graphed(real, noise)
+                    except CaptureError as e:
+                        raise UserError(f"{e}; train without --cuda-graph") from None
+                else:
+                    stats = train_step(
+                        self.G,
+                        self.D,
+                        self.optG,
+                        self.optD,
+                        real,
+                        noise,
+                        self.loss,
+                        self.amp,
+                        d_for_g=self.D_for_g,
+                        augment=self.augment,
+                        aug_seed=derived_seed(t.seed, 7, self.pos.iteration),
+                        r1_weight=o.r1_gamma / 2 * o.r1_every if lazy_r1 else 0.0,
+                    )
                 if self.ema is not None:
                     self.ema.update_parameters(self.netG)
                 stats_sum += stats

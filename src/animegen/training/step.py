@@ -86,7 +86,9 @@ def resolve_amp(amp: str, device: torch.device) -> str:
 
 def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
     if resolve_amp(amp, device) == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        # No weight-cast cache: each autocast block here runs one network once, so the cache saves
+        # nothing, and CUDA graph capture (training/graphed.py) must not keep casts across blocks.
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
 
 
