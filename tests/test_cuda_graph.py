@@ -6,6 +6,8 @@ and output buffers but executes eagerly, which is what a CPU run with --cuda-gra
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from conftest import TINY
 
@@ -14,7 +16,7 @@ from animegen.config import Config, ModelConfig
 from animegen.errors import UserError
 from animegen.models import build_models
 from animegen.training import checkpoint as ckpt
-from animegen.training.graphed import GraphedStep
+from animegen.training.graphed import CaptureError, GraphedStep
 from animegen.training.step import make_loss, train_step
 
 CFG = ModelConfig(arch="seed", image_size=16, width=0.125)
@@ -113,3 +115,100 @@ def test_cuda_graph_clash_is_a_one_line_error(image_folder, tmp_path, capsys):
     assert main([*args, "--cuda-graph", "--compile", "default"]) == 2
     err = capsys.readouterr().err.strip()
     assert "train.cuda_graph" in err and "train.compile=default" in err and len(err.splitlines()) == 1
+
+
+class _FakeCuda:
+    """Stands in for torch.cuda's stream and graph calls so GraphedStep's CUDA branch runs here.
+
+    A real capture records kernels without running them and a replay runs them on the captured
+    buffers; the fake step below does the same by hand: under capture it only remembers its inputs
+    and output buffer, and each replay computes into that buffer from those inputs.
+    """
+
+    def __init__(self):
+        self.capturing = False
+        self.captured: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.eager = self.replays = self.syncs = 0
+        self.fail_capture = False
+
+    def step(self, real: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        if self.capturing:
+            if self.fail_capture:
+                raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+            out = torch.empty(())
+            self.captured = (real, noise, out)
+            return out
+        self.eager += 1
+        return real.sum() + noise.sum()
+
+    def install(self, monkeypatch) -> None:
+        fake = self
+
+        class Stream:
+            def __init__(self, device=None):
+                pass
+
+            def wait_stream(self, other):
+                pass
+
+        class Graph:
+            def replay(self):
+                real, noise, out = fake.captured
+                out.copy_(real.sum() + noise.sum())
+                fake.replays += 1
+
+        class capture:  # noqa: N801 - stands in for torch.cuda.graph
+            def __init__(self, graph):
+                pass
+
+            def __enter__(self):
+                fake.capturing = True
+
+            def __exit__(self, *exc):
+                fake.capturing = False
+                return False
+
+        def synchronize(device=None):
+            fake.syncs += 1
+
+        monkeypatch.setattr(torch.cuda, "Stream", Stream)
+        monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+        monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+        monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
+        monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+        monkeypatch.setattr(torch.cuda, "graph", capture)
+
+
+def test_cuda_branch_warms_up_captures_once_replays_and_recaptures_after_reset(monkeypatch):
+    fake = _FakeCuda()
+    fake.install(monkeypatch)
+    runner = GraphedStep(fake.step, torch.device("cuda"), warmup=3)
+    assert runner.capture
+    g = torch.Generator().manual_seed(0)
+    for i in range(10):
+        if i == 6:
+            runner.reset()
+        real, noise = torch.rand(4, 3, 8, 8, generator=g), torch.randn(4, 5, 1, 1, generator=g)
+        got = runner(real, noise)
+        torch.testing.assert_close(got, real.sum() + noise.sum())  # this call's batch, not the last
+    # Calls 0-2 and 6-8 eager (warm-up), 3 and 9 capture then replay, 4-5 replay.
+    assert (fake.eager, fake.replays, runner.captures, fake.syncs) == (6, 4, 2, 2)
+    assert runner.static_real.shape == (4, 3, 8, 8)
+
+
+def test_failed_capture_is_a_one_line_capture_error(monkeypatch):
+    fake = _FakeCuda()
+    fake.install(monkeypatch)
+    fake.fail_capture = True
+    runner = GraphedStep(fake.step, torch.device("cuda"), warmup=1)
+    runner(torch.zeros(2, 3), torch.zeros(2, 1))
+    try:
+        runner(torch.zeros(2, 3), torch.zeros(2, 1))
+    except CaptureError as e:
+        assert str(e) == (
+            "CUDA graph capture of the training step failed "
+            "(operation not permitted when stream is capturing)"
+        )
+    else:
+        raise AssertionError("a failed capture went unnoticed")
+    assert not runner.ready
