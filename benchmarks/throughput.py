@@ -470,7 +470,7 @@ def profile(bc: BenchConfig, args: argparse.Namespace, device: torch.device) -> 
     from animegen.data.batches import BatchFeeder
     from animegen.models import build_models
     from animegen.training.graphed import GraphedStep
-    from animegen.training.loop import load_images, seed_everything
+    from animegen.training.loop import load_images, make_optimizers, seed_everything
     from animegen.training.step import make_loss, train_step
 
     cfg = resolve(bc, args)
@@ -485,11 +485,7 @@ def profile(bc: BenchConfig, args: argparse.Namespace, device: torch.device) -> 
         netG.to(memory_format=torch.channels_last)
         netD.to(memory_format=torch.channels_last)
     o = cfg.optim
-    fused = {"fused": True} if device.type == "cuda" else {}
-    if t.cuda_graph and device.type == "cuda":
-        fused["capturable"] = True
-    optG = torch.optim.Adam(netG.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2), **fused)
-    optD = torch.optim.Adam(netD.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2), **fused)
+    optG, optD = make_optimizers(netG, netD, o, device, t.cuda_graph)
     loss = make_loss(o.loss, o.label_smoothing)
 
     def plain(real: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,7 @@ class GraphedStep:
         self.static_noise: torch.Tensor | None = None
         self.static_out: torch.Tensor | None = None
         self.captures = 0
+        self._side: torch.cuda.Stream | None = None  # warm-up stream, made on first use
         self.reset()
 
     def reset(self) -> None:
@@ -70,7 +71,9 @@ class GraphedStep:
     def _eager(self, real: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         if not self.capture:
             return self.step(real, noise)
-        side = torch.cuda.Stream(self.device)
+        if self._side is None:
+            self._side = torch.cuda.Stream(self.device)
+        side = self._side
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             out = self.step(real, noise)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from animegen.config import Config, TrainConfig
+from animegen.config import Config, OptimConfig, TrainConfig
 from animegen.data.batches import BatchFeeder, derived_seed
 from animegen.data.cache import ImageSet, load_demo, load_folder
 from animegen.data.split import holdout_split
@@ -146,16 +146,12 @@ class Trainer:
             self.D_for_g = torch.compile(self.netD, mode=mode) if self.dist.enabled else self.D
         self.amp = resolve_amp(cfg.train.amp, self.device)
         o = cfg.optim
-        fused: dict[str, bool] = {"fused": True} if self.device.type == "cuda" else {}
         if cfg.train.cuda_graph:
             if self.dist.enabled:
                 raise UserError("train.cuda_graph works in one process; drop it or --nproc")
-            if self.device.type == "cuda":
-                fused["capturable"] = True  # Adam's step counter stays on the GPU, inside the graph
-            else:
+            if self.device.type != "cuda":
                 reporter.info(f"train.cuda_graph: no CUDA graphs on {self.device.type}; runs eagerly")
-        self.optG = torch.optim.Adam(self.netG.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2), **fused)
-        self.optD = torch.optim.Adam(self.netD.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2), **fused)
+        self.optG, self.optD = make_optimizers(self.netG, self.netD, o, self.device, cfg.train.cuda_graph)
         self.loss = make_loss(o.loss, o.label_smoothing)
         self.augment = parse_policy(o.augment)
         self.ema = GeneratorEMA(self.netG, o.ema) if o.ema else None
@@ -705,6 +701,20 @@ class Trainer:
 
 
 BEST_NAME = "best.safetensors"
+
+
+def make_optimizers(
+    netG: torch.nn.Module, netD: torch.nn.Module, o: OptimConfig, device: torch.device, cuda_graph: bool
+) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+    """Adam for G and D: fused on CUDA, and capturable there for train.cuda_graph."""
+    kw: dict[str, bool] = {}
+    if device.type == "cuda":
+        kw["fused"] = True
+        # The step counters stay on the GPU, so the graph's replays advance them.
+        kw["capturable"] = cuda_graph
+    optG = torch.optim.Adam(netG.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2), **kw)
+    optD = torch.optim.Adam(netD.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2), **kw)
+    return optG, optD
 
 
 def use_channels_last(t: TrainConfig, device: torch.device) -> bool:
