@@ -12,7 +12,7 @@ from animegen.data.batches import BatchFeeder, upload
 from animegen.models import build_models
 from animegen.training.ema import GeneratorEMA
 from animegen.training.loop import use_channels_last
-from animegen.training.step import make_loss, resolve_amp, train_step
+from animegen.training.step import cpu_has_native_bf16, make_loss, resolve_amp, train_step
 
 CFG = ModelConfig(arch="seed", image_size=32, width=0.25)
 
@@ -120,9 +120,17 @@ def test_fused_adam_matches_foreach_adam():
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
 
 
-def test_amp_auto_is_off_without_a_gpu():
-    assert resolve_amp("auto", torch.device("cpu")) == "off"
-    assert resolve_amp("bf16", torch.device("cpu")) == "bf16"
+def test_amp_auto_follows_native_bf16(monkeypatch: pytest.MonkeyPatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True, "avx512_bf16": False})
+    assert not cpu_has_native_bf16()
+    assert resolve_amp("auto", cpu) == "off"
+    assert resolve_amp("bf16", cpu) == "bf16"
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
+    assert resolve_amp("auto", cpu) == "bf16"
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True})
+    assert resolve_amp("auto", cpu) == "bf16"
+    assert resolve_amp("off", cpu) == "off"
     assert resolve_amp("off", torch.device("cuda")) == "off"
 
 

@@ -49,7 +49,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument(
-        "--amp", choices=AMP_MODES, help="bf16 autocast for the forward passes (auto: bf16 on a GPU only)"
+        "--amp",
+        choices=AMP_MODES,
+        help="bf16 autocast for the forward passes (auto: bf16 on a GPU or a CPU with native bf16)",
     )
     p.add_argument(
         "--compile",

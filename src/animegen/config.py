@@ -78,7 +78,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_every: int = 10  # iterations between log.jsonl rows (losses are read from the device this often)
     sample_count: int = 64
-    amp: str = "off"  # "off", "bf16", or "auto" (bf16 on a GPU that has it, off elsewhere)
+    amp: str = "off"  # "off", "bf16", or "auto" (bf16 where the GPU or CPU has it natively)
     compile: str = "off"  # torch.compile G and D: "off", "default", "reduce-overhead" (CUDA graphs)
     cuda_graph: bool = False  # capture the whole step (optimisers too) as one CUDA graph; CUDA only
     channels_last: bool = False
