@@ -24,7 +24,7 @@ from animegen.config import build_config  # noqa: E402
 from animegen.data.batches import BatchFeeder  # noqa: E402
 from animegen.models import build_models  # noqa: E402
 from animegen.training.loop import load_images, resolve_device  # noqa: E402
-from animegen.training.step import make_loss, train_step  # noqa: E402
+from animegen.training.step import make_loss, resolve_amp, train_step  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     optG = torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999))
     optD = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))
     loss = make_loss(cfg.optim.loss)
+    amp = resolve_amp(t.amp, device)
     noise = torch.randn(t.batch_size, cfg.model.z_dim, 1, 1, device=device)
     if t.channels_last:
         noise = noise.contiguous(memory_format=torch.channels_last)
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     batches = forever()
     fixed = next(batches)
-    train_step(netG, netD, optG, optD, fixed, noise, loss)  # warm-up
+    train_step(netG, netD, optG, optD, fixed, noise, loss, amp)  # warm-up
     sync()
 
     t0 = time.perf_counter()
@@ -84,18 +85,18 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     for _ in range(args.steps):
-        train_step(netG, netD, optG, optD, fixed, noise, loss)
+        train_step(netG, netD, optG, optD, fixed, noise, loss, amp)
     sync()
     step_fixed = (time.perf_counter() - t0) / args.steps
 
     t0 = time.perf_counter()
     for _ in range(args.steps):
-        train_step(netG, netD, optG, optD, next(batches), noise, loss)
+        train_step(netG, netD, optG, optD, next(batches), noise, loss, amp)
     sync()
     step_fed = (time.perf_counter() - t0) / args.steps
 
     print(
-        f"{args.preset} preset, batch {t.batch_size}, {cfg.model.image_size} px, {device}, "
+        f"{args.preset} preset, batch {t.batch_size}, {cfg.model.image_size} px, {device}, amp {amp}, "
         f"{torch.get_num_threads()} threads, {args.steps} steps each"
     )
     print(f"  batch from the cache alone:      {feed * 1000:8.2f} ms")

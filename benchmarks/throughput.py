@@ -5,7 +5,7 @@ One run, one machine, one image folder, every configuration timed the same way:
   reference             python <shared>/reference/seed_dcgan.py --bench (the tutorial, batch 8); its own
                         "seed-reference images/s" line, with the same warm-up left out
   seed                  animegen train --preset seed (batch 8): the same math as the reference
-  default               animegen train --preset default (batch 64, channels_last on, amp off, hflip)
+  default               animegen train --preset default (batch 64, channels_last on, amp auto, hflip)
   default/<option>      the default preset with one speed option changed: --amp bf16,
                         train.channels_last=false, train.threads=1 or 2, batch 8 / 32 / 128
 
@@ -23,8 +23,9 @@ getrusage(RUSAGE_CHILDREN) only gives the largest over all children so far.
 
 MFU = images/s x training FLOPs per image / measured matmul peak. The FLOPs come from the layer
 shapes of G and D (benchmarks/flops.py documents the count: 8 F_D + 3 F_G per image). The peak is
-timed torch.mm in this run, on the same device, in the dtype the configuration computes in (fp32,
-or bf16 under --amp bf16), with the configuration's CPU thread count.
+the best timed matrix product in this run (torch.mm, and on a CPU the same product as a oneDNN 1x1
+convolution), on the same device, in the dtype the configuration computes in (fp32, or bf16 where
+--amp resolves to it), with the configuration's CPU thread count.
 
 Usage:
   python benchmarks/throughput.py --data DIR [--iters N] [--warmup W] [--device auto|cpu|cuda]
@@ -86,7 +87,9 @@ class BenchConfig:
 CONFIGS: tuple[BenchConfig, ...] = (
     BenchConfig("reference", None, note="tutorial trainer, batch 8"),
     BenchConfig("seed", "seed", note="same math as the reference"),
-    BenchConfig("default", "default", note="batch 64, channels_last on, amp auto (bf16 on a GPU only)"),
+    BenchConfig("seed/channels_last", "seed", ("--set", "train.channels_last=true")),
+    BenchConfig("seed/amp=bf16", "seed", ("--amp", "bf16")),
+    BenchConfig("default", "default", note="batch 64, channels_last, amp auto (bf16 on native-bf16 CPUs)"),
     BenchConfig("default/amp=bf16", "default", ("--amp", "bf16")),
     BenchConfig("default/amp=off", "default", ("--amp", "off")),
     BenchConfig("default/compile", "default", ("--compile", "default")),

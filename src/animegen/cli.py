@@ -51,7 +51,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--amp",
         choices=AMP_MODES,
-        help="bf16 autocast for the forward passes (auto: bf16 on a GPU or a CPU with native bf16)",
+        help="bf16 autocast for the forward passes (auto: bf16 on a CPU with native bf16, else off)",
     )
     p.add_argument(
         "--compile",

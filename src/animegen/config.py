@@ -78,7 +78,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_every: int = 10  # iterations between log.jsonl rows (losses are read from the device this often)
     sample_count: int = 64
-    amp: str = "off"  # "off", "bf16", or "auto" (bf16 where the GPU or CPU has it natively)
+    amp: str = "off"  # "off", "bf16", or "auto" (bf16 on a CPU with native bf16, else off)
     compile: str = "off"  # torch.compile G and D: "off", "default", "reduce-overhead" (CUDA graphs)
     cuda_graph: bool = False  # capture the whole step (optimisers too) as one CUDA graph; CUDA only
     channels_last: bool = False
@@ -190,9 +190,11 @@ def default_preset() -> Config:
     cfg.train.batch_size = 64
     cfg.train.epochs = 25
     cfg.train.channels_last = True
-    # amp stays off: measured on an H200, bf16 was no faster at batch 64 (7,183 vs 7,414 images/s)
-    # and its held-out SWD after 1,000 steps was worse (83 vs 67, two seeds each); on this CPU
-    # bf16 ran ~18x slower. "--amp auto" or "bf16" remain a switch.
+    # bf16 only where it measured faster at equal quality (training/step.py, resolve_amp): a CPU with
+    # native bf16 (2-core AMD EPYC: 1.7x faster, held-out SWD at 1,000 steps 68 vs fp32's 72, two
+    # seeds each). fp32 on a GPU (H200: no faster at batch 64, SWD 83 vs 67) and on CPUs that
+    # emulate bf16 (~18x slower).
+    cfg.train.amp = "auto"
     cfg.data.hflip = True
     return cfg
 
