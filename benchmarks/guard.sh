@@ -7,7 +7,9 @@
 #   bash benchmarks/guard.sh DATA_DIR OUT_DIR [OPTION ARGS...]      # default option: --amp bf16
 #
 # Environment knobs: STEPS (1000), SEEDS ("0 1"), LIMIT (9000 images), SIZE (96), EVAL_EVERY (500),
-# EVAL_N (900 per side), DEVICE (auto), PRESET (default), CAP (seconds per run at most, 0 = none).
+# EVAL_N (900 per side), DEVICE (auto), PRESET (default), CAP (seconds per run at most, 0 = none),
+# BASE (arguments both runs get, "--amp off": the preset's own amp may already be bf16, and the
+# plain run must be fp32 for a bf16 guard to compare anything).
 set -u
 DATA=$(realpath "$1") OUT=$(realpath -m "$2")
 shift 2
@@ -16,6 +18,7 @@ OPTION=("$@")
 STEPS=${STEPS:-1000} SEEDS=${SEEDS:-0 1} LIMIT=${LIMIT:-9000} SIZE=${SIZE:-96}
 EVAL_EVERY=${EVAL_EVERY:-500} EVAL_N=${EVAL_N:-900} DEVICE=${DEVICE:-auto} PRESET=${PRESET:-default}
 CAP=${CAP:-0}
+read -r -a BASE_ARGS <<<"${BASE---amp off}"
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$HERE/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
@@ -29,12 +32,12 @@ train() {  # run name, then extra arguments
     --limit "$LIMIT" --image-size "$SIZE" --holdout 0.1 --eval-every "$EVAL_EVERY" \
     --set train.eval_metrics=swd --set "train.eval_n=$EVAL_N" --set train.keep_checkpoints=1 \
     --set train.log_every=50 --epochs 100000 --max-steps "$STEPS" --device "$DEVICE" \
-    --cache-dir "$OUT/cache" --run-dir "$OUT/$name" --quiet "$@" >"$OUT/$name.txt" 2>&1
+    --cache-dir "$OUT/cache" --run-dir "$OUT/$name" --quiet "${BASE_ARGS[@]}" "$@" >"$OUT/$name.txt" 2>&1
   echo "$name: exit $? after $(($(date +%s) - start)) s"
 }
 
 runs=()
-echo "guard: ${OPTION[*]} against the plain $PRESET preset, $STEPS steps, seeds $SEEDS"
+echo "guard: ${OPTION[*]} against the plain $PRESET preset (both with: ${BASE_ARGS[*]}), $STEPS steps, seeds $SEEDS"
 for seed in $SEEDS; do
   train "plain-s$seed" --seed "$seed"
   train "option-s$seed" --seed "$seed" "${OPTION[@]}"
