@@ -118,6 +118,8 @@ CONFIGS: tuple[BenchConfig, ...] = (
     BenchConfig("seed/cuda_graph", "seed", ("--set", "train.cuda_graph=true")),
     BenchConfig("default/cuda_graph", "default", ("--set", "train.cuda_graph=true")),
     BenchConfig("default/cuda_graph+bf16", "default", ("--set", "train.cuda_graph=true", "--amp", "bf16")),
+    BenchConfig("seed/fused_adam=off", "seed", ("--set", "train.fused_adam=off")),
+    BenchConfig("default/fused_adam=off", "default", ("--set", "train.fused_adam=off")),
     BenchConfig("default/channels_last=false", "default", ("--set", "train.channels_last=false")),
     BenchConfig("default/threads=1", "default", ("--set", "train.threads=1")),
     BenchConfig("default/threads=2", "default", ("--set", "train.threads=2")),
@@ -511,7 +513,7 @@ def profile(bc: BenchConfig, args: argparse.Namespace, device: torch.device) -> 
         netG.to(memory_format=torch.channels_last)
         netD.to(memory_format=torch.channels_last)
     o = cfg.optim
-    optG, optD = make_optimizers(netG, netD, o, device, t.cuda_graph)
+    optG, optD = make_optimizers(netG, netD, o, t, device)
     loss = make_loss(o.loss, o.label_smoothing)
 
     def plain(real: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

@@ -124,3 +124,43 @@ def test_pickle_with_code_is_refused(tmp_path):
     import os
 
     assert not os.path.exists("/tmp/animegen_pwned")
+
+
+def _conv_adam(fused: bool) -> tuple[torch.nn.Conv2d, torch.optim.Adam]:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 16, 3).to(memory_format=torch.channels_last)
+    return conv, torch.optim.Adam(conv.parameters(), lr=1e-2, fused=fused)
+
+
+def _adam_step(conv: torch.nn.Conv2d, opt: torch.optim.Adam, seed: int) -> None:
+    torch.manual_seed(seed)
+    opt.zero_grad()
+    conv(torch.randn(2, 8, 6, 6).to(memory_format=torch.channels_last)).square().mean().backward()
+    opt.step()
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_optimizer_round_trip_continues_exactly_on_channels_last_weights(tmp_path, fused):
+    """safetensors hands the moments back contiguous; fused CPU Adam would misread them (torch 2.14)."""
+    a, opt_a = _conv_adam(fused)
+    _adam_step(a, opt_a, 1)
+    tensors, meta = ckpt.pack_optimizer("opt", opt_a)
+    ckpt.save_checkpoint(tmp_path / "c.safetensors", tensors, {"opt": meta})
+    loaded, meta = ckpt.read_checkpoint(tmp_path / "c.safetensors")
+    b, opt_b = _conv_adam(fused)
+    b.load_state_dict(a.state_dict())
+    ckpt.load_optimizer(opt_b, "opt", loaded, meta["opt"])
+    assert opt_b.state[b.weight]["exp_avg"].stride() == b.weight.stride()
+    _adam_step(a, opt_a, 2)
+    _adam_step(b, opt_b, 2)
+    assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+
+
+def test_optimizer_load_keeps_this_runs_kernel(tmp_path):
+    a, opt_a = _conv_adam(fused=False)
+    _adam_step(a, opt_a, 1)
+    tensors, meta = ckpt.pack_optimizer("opt", opt_a)
+    b, opt_b = _conv_adam(fused=True)
+    ckpt.load_optimizer(opt_b, "opt", tensors, meta)
+    assert opt_b.param_groups[0]["fused"] is True
+    assert opt_b.param_groups[0]["lr"] == 1e-2 and opt_b.state[b.weight]["step"].item() == 1.0

@@ -9,9 +9,10 @@ import torch
 
 from animegen.config import ModelConfig, TrainConfig, build_config
 from animegen.data.batches import BatchFeeder, upload
+from animegen.errors import UserError
 from animegen.models import build_models
 from animegen.training.ema import GeneratorEMA
-from animegen.training.loop import use_channels_last
+from animegen.training.loop import make_optimizers, use_channels_last
 from animegen.training.step import cpu_has_native_bf16, make_loss, resolve_amp, train_step
 
 CFG = ModelConfig(arch="seed", image_size=32, width=0.25)
@@ -118,6 +119,36 @@ def test_fused_adam_matches_foreach_adam():
         train_step(*b, real, noise, make_loss("bce"))
     for pa, pb in zip(a[1].parameters(), b[1].parameters(), strict=True):
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("mode", "device", "fused"),
+    [
+        ("auto", "cpu", True),
+        ("on", "cpu", True),
+        ("off", "cpu", False),
+        ("auto", "cuda", True),
+        ("off", "cuda", False),
+    ],
+)
+def test_fused_adam_setting_picks_the_kernel(mode: str, device: str, fused: bool):
+    """train.fused_adam decides the kernel; "auto" fuses wherever PyTorch has the kernel."""
+    netG, netD, *_ = _setup()
+    t = TrainConfig(fused_adam=mode)
+    for opt in make_optimizers(netG, netD, build_config("seed").optim, t, torch.device(device)):
+        assert bool(opt.param_groups[0]["fused"]) is fused
+
+
+def test_fused_adam_mode_is_validated():
+    with pytest.raises(UserError, match="train.fused_adam"):
+        build_config("seed", sets=["train.fused_adam=yes"])
+    netG, netD, *_ = _setup()
+    optim, meta = build_config("seed").optim, torch.device("meta")
+    with pytest.raises(UserError, match="no fused Adam on meta"):
+        make_optimizers(netG, netD, optim, TrainConfig(fused_adam="on"), meta)
+    # "auto" falls back to PyTorch's default loop there
+    for opt in make_optimizers(netG, netD, optim, TrainConfig(), meta):
+        assert not opt.param_groups[0]["fused"]
 
 
 def test_amp_auto_follows_native_bf16(monkeypatch: pytest.MonkeyPatch):

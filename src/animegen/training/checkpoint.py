@@ -202,6 +202,26 @@ def unpack_optimizer(prefix: str, tensors: dict[str, torch.Tensor], meta: dict[s
     return {"state": state, "param_groups": groups}
 
 
+def load_optimizer(
+    opt: torch.optim.Optimizer, prefix: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> None:
+    """Load an optimizer's state from a checkpoint, keeping this run's kernel and parameter layouts.
+
+    The kernel (fused, foreach, capturable) is a setting of this run, not state, so a resume may
+    change it. The moments come back contiguous from safetensors; each gets its parameter's strides,
+    since PyTorch's fused CPU Adam walks a parameter and its moments as flat memory without checking
+    that they match (torch 2.14): a channels_last weight would be updated from the wrong elements.
+    """
+    kernel = [{k: g[k] for k in ("fused", "foreach", "capturable") if k in g} for g in opt.param_groups]
+    opt.load_state_dict(unpack_optimizer(prefix, tensors, meta))
+    for group, keep in zip(opt.param_groups, kernel, strict=True):
+        group.update(keep)
+    for param, state in opt.state.items():
+        for name, value in state.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                state[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Every global RNG the process may draw from: Python, NumPy, torch CPU and each CUDA device."""
     tensors = {"rng.torch_cpu": torch.get_rng_state()}

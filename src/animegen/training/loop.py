@@ -151,7 +151,7 @@ class Trainer:
                 raise UserError("train.cuda_graph works in one process; drop it or --nproc")
             if self.device.type != "cuda":
                 reporter.info(f"train.cuda_graph: no CUDA graphs on {self.device.type}; runs eagerly")
-        self.optG, self.optD = make_optimizers(self.netG, self.netD, o, self.device, cfg.train.cuda_graph)
+        self.optG, self.optD = make_optimizers(self.netG, self.netD, o, cfg.train, self.device)
         self.loss = make_loss(o.loss, o.label_smoothing)
         self.augment = parse_policy(o.augment)
         self.ema = GeneratorEMA(self.netG, o.ema) if o.ema else None
@@ -304,8 +304,8 @@ class Trainer:
         try:
             self.netG.load_state_dict(ckpt.unpack_state_dict("G", tensors))
             self.netD.load_state_dict(ckpt.unpack_state_dict("D", tensors))
-            self.optG.load_state_dict(ckpt.unpack_optimizer("optG", tensors, meta["optG"]))
-            self.optD.load_state_dict(ckpt.unpack_optimizer("optD", tensors, meta["optD"]))
+            ckpt.load_optimizer(self.optG, "optG", tensors, meta["optG"])
+            ckpt.load_optimizer(self.optD, "optD", tensors, meta["optD"])
             if self.ema is not None:
                 ema_state = ckpt.unpack_state_dict("G_ema", tensors)
                 if ema_state:
@@ -701,17 +701,24 @@ class Trainer:
 
 
 BEST_NAME = "best.safetensors"
+# Devices with PyTorch's fused Adam kernel (torch.optim.Adam docs). It is the same update as the
+# per-tensor loop, one kernel over all parameters instead of a dozen small ones per tensor: on a
+# 2-core CPU the seed preset's batch-8 step ran 1.22x faster with it.
+FUSED_ADAM_DEVICES = ("cpu", "cuda", "mps", "xpu")
 
 
 def make_optimizers(
-    netG: torch.nn.Module, netD: torch.nn.Module, o: OptimConfig, device: torch.device, cuda_graph: bool
+    netG: torch.nn.Module, netD: torch.nn.Module, o: OptimConfig, t: TrainConfig, device: torch.device
 ) -> tuple[torch.optim.Adam, torch.optim.Adam]:
-    """Adam for G and D: fused on CUDA, and capturable there for train.cuda_graph."""
+    """Adam for G and D, fused as train.fused_adam says, and capturable on CUDA for train.cuda_graph."""
     kw: dict[str, bool] = {}
-    if device.type == "cuda":
+    if t.fused_adam == "on" and device.type not in FUSED_ADAM_DEVICES:
+        raise UserError(f"train.fused_adam=on: PyTorch has no fused Adam on {device.type}; use auto or off")
+    if t.fused_adam == "on" or (t.fused_adam == "auto" and device.type in FUSED_ADAM_DEVICES):
         kw["fused"] = True
+    if device.type == "cuda":
         # The step counters stay on the GPU, so the graph's replays advance them.
-        kw["capturable"] = cuda_graph
+        kw["capturable"] = t.cuda_graph
     optG = torch.optim.Adam(netG.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2), **kw)
     optD = torch.optim.Adam(netD.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2), **kw)
     return optG, optD
