@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -8,7 +9,7 @@ from animegen import load_generator
 from animegen.cli import main
 from animegen.config import ModelConfig
 from animegen.errors import CheckpointError
-from animegen.generate import CHUNK, DEFAULT_BN_MODE, bn_mode_context, slerp
+from animegen.generate import CHUNK, DEFAULT_BN_MODE, bn_mode_context, slerp, write_files
 from animegen.models import Generator
 
 
@@ -104,3 +105,37 @@ def test_cli_default_bn_matches_library():
 
     args = build_parser().parse_args(["generate", "x"])
     assert args.bn == DEFAULT_BN_MODE
+
+
+def test_written_files_hold_the_sampled_faces_in_order(run_dir, tmp_path):
+    """The PNG writers run in threads; every file must still be its own face, under its own index."""
+    g = load_generator(run_dir)
+    paths = write_files(g, CHUNK * 2 + 5, tmp_path / "faces", seed=3)
+    faces = g.sample(CHUNK * 2 + 5, seed=3)
+    assert [p.name for p in paths] == [f"seed3_{i:06d}.png" for i in range(CHUNK * 2 + 5)]
+    for i in (0, CHUNK, CHUNK * 2 + 4):
+        with Image.open(paths[i]) as im:
+            assert torch.equal(torch.from_numpy(np.asarray(im)).permute(2, 0, 1), faces[i])
+
+
+def test_a_failed_write_stops_generation_with_its_error(run_dir, tmp_path, monkeypatch):
+    import animegen.generate as generate
+
+    written = []
+
+    def save_png(array, path):
+        if len(written) == 70:
+            raise OSError(28, "No space left on device")
+        written.append(path)
+
+    monkeypatch.setattr(generate, "save_png", save_png)
+    with pytest.raises(OSError, match="No space left"):
+        write_files(load_generator(run_dir), 1000, tmp_path / "faces")
+    assert len(written) < 1000
+
+
+def test_export_gets_the_plain_layout_and_sampling_channels_last(run_dir):
+    fast = next(p for p in load_generator(run_dir).net.parameters() if p.dim() == 4)
+    plain = next(p for p in load_generator(run_dir, channels_last=False).net.parameters() if p.dim() == 4)
+    assert fast.is_contiguous(memory_format=torch.channels_last) and not fast.is_contiguous()
+    assert plain.is_contiguous()

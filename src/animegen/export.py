@@ -243,7 +243,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if not args.onnx and not args.torchscript:
         raise UserError("nothing to write: give --onnx FILE and/or --torchscript FILE")
-    gen = load_generator(args.checkpoint, device="cpu")
+    gen = load_generator(args.checkpoint, device="cpu", channels_last=False)
     for note in gen.info.get("notes", []):
         print(f"warning: skipped damaged checkpoint: {note}", file=sys.stderr)
     s = gen.config.image_size
