@@ -115,7 +115,7 @@ def test_written_files_hold_the_sampled_faces_in_order(run_dir, tmp_path):
     assert [p.name for p in paths] == [f"seed3_{i:06d}.png" for i in range(CHUNK * 2 + 5)]
     for i in (0, CHUNK, CHUNK * 2 + 4):
         with Image.open(paths[i]) as im:
-            assert torch.equal(torch.from_numpy(np.asarray(im)).permute(2, 0, 1), faces[i])
+            assert torch.equal(torch.from_numpy(np.array(im)).permute(2, 0, 1), faces[i])
 
 
 def test_a_failed_write_stops_generation_with_its_error(run_dir, tmp_path, monkeypatch):

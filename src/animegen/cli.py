@@ -273,6 +273,12 @@ def _generate(args: argparse.Namespace) -> int:
     if not args.grid and not args.outdir:
         args.grid = "samples.png"
     gen = load_generator(args.checkpoint, device=_device(args.device))
+    if gen.device.type == "cpu":
+        from animegen.training import allocator
+
+        # Chunk after chunk frees and reallocates the same buffers: keeping them mapped made the
+        # default 96 px G draw 64 faces in 139 instead of 172 ms on a 2-core CPU.
+        allocator.keep_freed_memory()
     for note in gen.info.get("notes", []):
         print(f"warning: skipped damaged checkpoint: {note}", file=sys.stderr)
     if args.best_of is not None:
