@@ -18,7 +18,7 @@ GUARD_CAP=${GUARD_CAP:-35} SIZE=${SIZE:-96} EVAL_N=${EVAL_N:-900} EVAL_EVERY=${E
 LOG_EVERY=${LOG_EVERY:-25} ROW_TIMEOUT=${ROW_TIMEOUT:-90} PROFILE_STEPS=${PROFILE_STEPS:-20}
 # Most wanted first: a row cut by the deadline is the least missed.
 CONFIGS=${CONFIGS:-reference seed seed/cuda_graph default default/cuda_graph default/cuda_graph+bf16 \
-default/batch=256 default/compile+no-layout-opt default/compile default/compile=reduce-overhead}
+seed/fused_adam=on default/batch=256 default/compile+no-layout-opt default/compile default/compile=reduce-overhead}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$HERE/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
