@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from animegen.config import Config, build_config, preset
+from animegen.config import Config, build_config, preset, seed_preset
 from animegen.errors import UserError
 
 
@@ -62,3 +62,12 @@ def test_bad_file(tmp_path):
         build_config(config_file=bad)
     with pytest.raises(UserError, match="unknown preset"):
         build_config("fancy")
+
+
+def test_a_saved_config_without_a_newer_key_takes_its_presets_value():
+    saved = seed_preset().to_dict()
+    del saved["train"]["fused_adam"]  # a run saved before the key existed
+    assert Config.from_dict(saved).train.fused_adam == "off"
+    saved = Config().to_dict()
+    del saved["train"]["fused_adam"]
+    assert Config.from_dict(saved).train.fused_adam == "auto"

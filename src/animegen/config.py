@@ -121,7 +121,9 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
-        cfg = cls()
+        """A saved configuration; a key it lacks (one added since it was saved) takes its preset's value."""
+        make = PRESETS.get(data.get("preset")) if isinstance(data.get("preset"), str) else None
+        cfg = make() if make is not None else cls()
         apply_mapping(cfg, data, source="config")
         return cfg
 
