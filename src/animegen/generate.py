@@ -273,11 +273,11 @@ def write_files(
                     p = outdir / f"seed{seed}_{len(paths):06d}.png"
                     pending.append(writers.submit(save_png, img, p))
                     paths.append(p)
-            while pending:
-                pending.popleft().result()
-        finally:
             for job in pending:
-                job.cancel()
+                job.result()
+        except BaseException:
+            writers.shutdown(cancel_futures=True)  # a failed write or Ctrl-C: drop the queued faces
+            raise
     return paths
 
 

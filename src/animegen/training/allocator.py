@@ -16,6 +16,7 @@ C libraries (macOS, Windows, musl) are left alone.
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
 
 # mallopt parameters (malloc.h)
@@ -25,6 +26,7 @@ M_MMAP_THRESHOLD = -3
 KEEP_BYTES = 1 << 30
 
 
+@functools.cache  # looked up once, not at every epoch end
 def _glibc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None
@@ -41,7 +43,9 @@ def keep_freed_memory(limit: int = KEEP_BYTES) -> bool:
     libc = _glibc()
     if libc is None:
         return False
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, limit)) & bool(libc.mallopt(M_TRIM_THRESHOLD, limit))
+    mmap_taken = libc.mallopt(M_MMAP_THRESHOLD, limit) == 1
+    trim_taken = libc.mallopt(M_TRIM_THRESHOLD, limit) == 1
+    return mmap_taken and trim_taken
 
 
 def release_freed_memory() -> None:
