@@ -10,7 +10,9 @@
 # Environment knobs, for a dry run on a CPU: DEVICE (cuda), ITERS/WARMUP (timed/untimed
 # throughput steps), LOG_EVERY, CONFIGS (throughput rows), ROW_TIMEOUT (seconds per row),
 # GUARD_STEPS (steps per guard run), GUARD_CAP (seconds per guard run at most), SIZE (image size),
-# EVAL_N, EVAL_EVERY, PROFILE_STEPS.
+# EVAL_N, EVAL_EVERY, PROFILE_STEPS, CACHE (decoded-image cache, kept between calls). A dry run:
+#   DEVICE=cpu ITERS=3 WARMUP=2 LOG_EVERY=1 GUARD_STEPS=20 EVAL_EVERY=10 EVAL_N=30 PROFILE_STEPS=2 \
+#     bash benchmarks/gpu.sh DIR REF OUT 1500
 set -u
 DATA=$(realpath "$1") REF=$(realpath "$2") OUT=$(realpath "$3") BUDGET=${4:-480}
 DEVICE=${DEVICE:-cuda} ITERS=${ITERS:-200} WARMUP=${WARMUP:-30} GUARD_STEPS=${GUARD_STEPS:-1000}
@@ -22,8 +24,9 @@ seed/fused_adam=on default/batch=256 default/compile+no-layout-opt default/compi
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$HERE/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-CACHE=/tmp/animegen-gpu-cache
-RUNS=/tmp/animegen-gpu-runs
+CACHE=${CACHE:-/tmp/animegen-gpu-cache}
+# A fresh scratch folder each call: a run dir left by an earlier call would be resumed, not retrained.
+RUNS=$(mktemp -d "${TMPDIR:-/tmp}/animegen-gpu-runs.XXXXXX")
 START=$(date +%s)
 mkdir -p "$OUT" "$RUNS"
 left() { echo $((BUDGET - ($(date +%s) - START))); }
@@ -84,5 +87,6 @@ for run in "$RUNS"/*/ "$RUNS"/throughput/*/; do
 done
 (cd "$RUNS" && tar czf "$OUT/runs.tar.gz" --exclude='*.safetensors' --exclude=samples --exclude='*.npy' \
   --exclude=cache --exclude=tensorboard .)
+rm -rf "$RUNS"
 ls -la "$OUT"
 say "done"

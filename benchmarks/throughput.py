@@ -633,6 +633,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(
             "--iters, --warmup and --repeat must be at least 1 (warm-up leaves the first step's setup out)"
         )
+    if args.log_every < 1 or args.log_every > args.iters:
+        # The figure is read from log rows inside the timed steps: it needs two of them.
+        p.error(f"--log-every {args.log_every} must be between 1 and --iters ({args.iters})")
     if not args.data.is_dir():
         p.error(f"--data {args.data}: not a folder")
     args.data = args.data.resolve()  # the children run in their own directories

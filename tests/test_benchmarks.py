@@ -1,15 +1,21 @@
-"""The benchmark scripts' own arithmetic: what a peak probe times must be the product it claims."""
+"""The benchmark scripts: their arithmetic, their arguments, and that each runs end to end on a CPU."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+from conftest import write_images
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
 
-from throughput import _gemm_routes  # noqa: E402
+from throughput import _gemm_routes, parse_args  # noqa: E402
 
 
 def test_every_gemm_route_is_the_same_size_of_product():
@@ -28,3 +34,62 @@ def test_every_gemm_route_is_the_same_size_of_product():
     b = torch.randn(n, n)
     torch.testing.assert_close(mm, a @ b)
     torch.testing.assert_close(conv.reshape(n, n).t(), a @ b.t(), rtol=1e-4, atol=1e-4)
+
+
+def test_log_every_beyond_the_timed_steps_is_refused(tmp_path, capsys):
+    # With fewer timed steps than --log-every, no two log rows fall inside the timing and every
+    # animegen row would fail only after its whole run.
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--data", str(tmp_path), "--iters", "3", "--log-every", "25"])
+    assert e.value.code == 2
+    assert "--log-every 25 must be between 1 and --iters (3)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_throughput_prints_a_figure_for_each_row(tmp_path):
+    write_images(tmp_path / "faces", 48, size=96)
+    out = tmp_path / "perf.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "throughput.py"), "--data", str(tmp_path / "faces"),
+         "--device", "cpu", "--configs", "seed", "default/batch=8", "--iters", "2", "--warmup", "1",
+         "--json", str(out), "--reference", str(tmp_path / "absent.py")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = {r["name"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(results) == {"seed", "default/batch=8"}
+    for r in results.values():
+        assert r["error"] is None and r["images_per_s"] > 0 and r["timed_steps"] == 2
+        assert 0 < r["mfu"] and r["peak_rss_mb"] > 0
+    assert results["default/batch=8"]["batch"] == 8
+
+
+@pytest.mark.slow
+def test_gpu_script_runs_dry_on_a_cpu(tmp_path):
+    # The GPU measurement gets one call when a GPU is lent: its plumbing is checked here, on a CPU,
+    # where --cuda-graph runs the same step eagerly.
+    write_images(tmp_path / "faces", 400, size=96)  # 6 batches of 64: the graphed profile warms up 5
+    env = dict(
+        os.environ, DEVICE="cpu", ITERS="2", WARMUP="1", LOG_EVERY="1", CONFIGS="seed/cuda_graph",
+        GUARD_STEPS="4", EVAL_EVERY="2", EVAL_N="8", SIZE="32", PROFILE_STEPS="1",
+        CACHE=str(tmp_path / "cache"), TMPDIR=str(tmp_path),
+    )  # fmt: skip
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        ["bash", str(BENCH / "gpu.sh"), str(tmp_path / "faces"), str(tmp_path / "ref.py"), str(out), "900"],
+        capture_output=True, text=True, timeout=900, env=env,
+    )  # fmt: skip
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log
+    (row,) = json.loads((out / "throughput.json").read_text())["results"]
+    assert row["name"] == "seed/cuda_graph" and row["images_per_s"] > 0, log
+    assert "profiled 1 steps of default " in log and "profiled 1 steps of default/cuda_graph" in log
+    for run in ("eager-s0", "graph-s0", "eager-s1", "graph-s1"):
+        assert f"{run}: exit 0 (2 evaluations)" in log
+    swd_table = (out / "guard.txt").read_text().split("late losses")[0]
+    # Eagerly, the graphed path is the plain step: the same seed gives the same held-out SWD.
+    rows = [row.split() for row in swd_table.splitlines() if row.startswith(("eager", "graph"))]
+    swd = {row[0]: row[1:] for row in rows}
+    assert len(swd) == 4 and swd["eager-s0"] == swd["graph-s0"] and swd["eager-s1"] == swd["graph-s1"]
+    assert (out / "runs.tar.gz").stat().st_size > 0
+    assert not list(tmp_path.glob("animegen-gpu-runs.*")), "scratch runs left behind"
