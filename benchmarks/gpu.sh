@@ -19,8 +19,9 @@ DEVICE=${DEVICE:-cuda} ITERS=${ITERS:-200} WARMUP=${WARMUP:-30} GUARD_STEPS=${GU
 GUARD_CAP=${GUARD_CAP:-35} SIZE=${SIZE:-96} EVAL_N=${EVAL_N:-900} EVAL_EVERY=${EVAL_EVERY:-500}
 LOG_EVERY=${LOG_EVERY:-25} ROW_TIMEOUT=${ROW_TIMEOUT:-90} PROFILE_STEPS=${PROFILE_STEPS:-20}
 # Most wanted first: a row cut by the deadline is the least missed.
-CONFIGS=${CONFIGS:-reference seed seed/cuda_graph default default/cuda_graph default/cuda_graph+bf16 \
-seed/fused_adam=on default/batch=256 default/compile+no-layout-opt default/compile default/compile=reduce-overhead}
+CONFIGS=${CONFIGS:-reference seed seed/cuda_graph default default/cuda_graph default/cudnn_benchmark \
+default/cuda_graph+cudnn_benchmark default/cuda_graph+bf16 seed/fused_adam=on default/batch=256 seed/cudnn_benchmark \
+default/compile+no-layout-opt default/compile default/compile=reduce-overhead}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$HERE/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}

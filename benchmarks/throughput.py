@@ -119,6 +119,13 @@ CONFIGS: tuple[BenchConfig, ...] = (
     BenchConfig("default/cuda_graph", "default", ("--set", "train.cuda_graph=true")),
     BenchConfig("default/cuda_graph+bf16", "default", ("--set", "train.cuda_graph=true", "--amp", "bf16")),
     BenchConfig("seed/fused_adam=on", "seed", ("--set", "train.fused_adam=on")),
+    BenchConfig("seed/cudnn_benchmark", "seed", ("--set", "train.cudnn_benchmark=true")),
+    BenchConfig("default/cudnn_benchmark", "default", ("--set", "train.cudnn_benchmark=true")),
+    BenchConfig(
+        "default/cuda_graph+cudnn_benchmark",
+        "default",
+        ("--set", "train.cuda_graph=true", "--set", "train.cudnn_benchmark=true"),
+    ),
     BenchConfig("default/fused_adam=off", "default", ("--set", "train.fused_adam=off")),
     BenchConfig("seed/reuse_memory=off", "seed", ("--set", "train.reuse_memory=false")),
     BenchConfig("default/reuse_memory=off", "default", ("--set", "train.reuse_memory=false")),

@@ -12,7 +12,7 @@ from animegen.data.batches import BatchFeeder, upload
 from animegen.errors import UserError
 from animegen.models import build_models
 from animegen.training.ema import GeneratorEMA
-from animegen.training.loop import make_optimizers, use_channels_last
+from animegen.training.loop import make_optimizers, use_channels_last, use_cudnn_benchmark
 from animegen.training.step import cpu_has_native_bf16, make_loss, resolve_amp, train_step
 
 CFG = ModelConfig(arch="seed", image_size=32, width=0.25)
@@ -89,6 +89,16 @@ def test_channels_last_is_left_to_inductor_on_cuda_only():
     assert not use_channels_last(TrainConfig(channels_last=True, compile="reduce-overhead"), cuda)
     assert use_channels_last(TrainConfig(channels_last=True, compile="default"), cpu)
     assert not use_channels_last(TrainConfig(channels_last=False), cpu)
+
+
+def test_cudnn_autotuner_is_turned_on_for_cuda_runs_that_ask(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert not use_cudnn_benchmark(TrainConfig(cudnn_benchmark=True), cpu)
+    assert not use_cudnn_benchmark(TrainConfig(), cuda)
+    assert torch.backends.cudnn.benchmark is False
+    assert use_cudnn_benchmark(TrainConfig(cudnn_benchmark=True), cuda)
+    assert torch.backends.cudnn.benchmark is True
 
 
 def test_bf16_autocast_gradients_within_bf16_precision():

@@ -85,6 +85,8 @@ class TrainConfig:
     # "on" insists on it, "off" keeps PyTorch's default loop (the tutorial's optimiser, bit for bit).
     fused_adam: str = "auto"
     cuda_graph: bool = False  # capture the whole step (optimisers too) as one CUDA graph; CUDA only
+    # CUDA: cuDNN times its algorithms for each convolution shape once and keeps the fastest
+    cudnn_benchmark: bool = False
     channels_last: bool = False
     threads: int = 0  # torch intra-op threads on CPU; 0 leaves PyTorch's default
     # CPU: keep a step's freed buffers mapped for the next step (glibc; training/allocator.py)

@@ -149,6 +149,8 @@ class Trainer:
             self.D_for_g = torch.compile(self.netD, mode=mode) if self.dist.enabled else self.D
         self.amp = resolve_amp(cfg.train.amp, self.device)
         o = cfg.optim
+        if cfg.train.cudnn_benchmark and not use_cudnn_benchmark(cfg.train, self.device):
+            reporter.info(f"train.cudnn_benchmark: no cuDNN on {self.device.type}; ignored")
         if cfg.train.cuda_graph:
             if self.dist.enabled:
                 raise UserError("train.cuda_graph works in one process; drop it or --nproc")
@@ -730,6 +732,19 @@ def make_optimizers(
     optG = torch.optim.Adam(netG.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2), **kw)
     optD = torch.optim.Adam(netD.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2), **kw)
     return optG, optD
+
+
+def use_cudnn_benchmark(t: TrainConfig, device: torch.device) -> bool:
+    """Turn cuDNN's autotuner on for a CUDA run that asks for it; whether it is on.
+
+    Every convolution here keeps its shape for the whole run, so each is timed once (in the first
+    steps, before a CUDA graph is captured) and its fastest algorithm reused. The flag is
+    process-wide in PyTorch; a run only ever turns it on.
+    """
+    if not (t.cudnn_benchmark and device.type == "cuda"):
+        return False
+    torch.backends.cudnn.benchmark = True
+    return True
 
 
 def use_channels_last(t: TrainConfig, device: torch.device) -> bool:
