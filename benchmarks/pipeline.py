@@ -23,7 +23,8 @@ import torch  # noqa: E402
 from animegen.config import build_config  # noqa: E402
 from animegen.data.batches import BatchFeeder  # noqa: E402
 from animegen.models import build_models  # noqa: E402
-from animegen.training.loop import load_images, resolve_device  # noqa: E402
+from animegen.training import allocator  # noqa: E402
+from animegen.training.loop import load_images, make_optimizers, resolve_device  # noqa: E402
 from animegen.training.step import make_loss, resolve_amp, train_step  # noqa: E402
 
 
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     t = cfg.train
     if t.threads:
         torch.set_num_threads(t.threads)
+    if t.reuse_memory and device.type == "cpu":  # as the trainer does
+        allocator.keep_freed_memory()
     images = load_images(cfg)
     feeder = BatchFeeder(
         images.images, t.batch_size, device, seed=0, hflip=cfg.data.hflip, channels_last=t.channels_last
@@ -54,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     if t.channels_last:
         netG.to(memory_format=torch.channels_last)
         netD.to(memory_format=torch.channels_last)
-    optG = torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    optD = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    optG, optD = make_optimizers(netG, netD, cfg.optim, t, device)
     loss = make_loss(cfg.optim.loss)
     amp = resolve_amp(t.amp, device)
     noise = torch.randn(t.batch_size, cfg.model.z_dim, 1, 1, device=device)
