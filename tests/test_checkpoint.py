@@ -164,3 +164,19 @@ def test_optimizer_load_keeps_this_runs_kernel(tmp_path):
     ckpt.load_optimizer(opt_b, "opt", tensors, meta)
     assert opt_b.param_groups[0]["fused"] is True
     assert opt_b.param_groups[0]["lr"] == 1e-2 and opt_b.state[b.weight]["step"].item() == 1.0
+
+
+@pytest.mark.parametrize(
+    ("kernel", "where"), [({"capturable": True}, "meta"), ({"fused": True}, "meta"), ({}, "cpu")]
+)
+def test_optimizer_load_puts_step_counters_where_this_runs_kernel_keeps_them(kernel, where):
+    # "meta" stands in for a GPU. PyTorch places a loaded step counter by the checkpoint's kernel:
+    # a host counter from a plain run would meet a --cuda-graph (capturable) resume and fail there.
+    a, opt_a = _conv_adam(fused=False)
+    _adam_step(a, opt_a, 1)
+    tensors, meta = ckpt.pack_optimizer("opt", opt_a)
+    conv = torch.nn.Conv2d(8, 16, 3, device="meta")
+    opt = torch.optim.Adam(conv.parameters(), lr=1e-2, **kernel)
+    ckpt.load_optimizer(opt, "opt", tensors, meta)
+    assert {opt.state[p]["step"].device.type for p in conv.parameters()} == {where}
+    assert opt.state[conv.weight]["exp_avg"].device.type == "meta"

@@ -208,18 +208,30 @@ def load_optimizer(
     """Load an optimizer's state from a checkpoint, keeping this run's kernel and parameter layouts.
 
     The kernel (fused, foreach, capturable) is a setting of this run, not state, so a resume may
-    change it. The moments come back contiguous from safetensors; each gets its parameter's strides,
-    since PyTorch's fused CPU Adam walks a parameter and its moments as flat memory without checking
+    change it; each step counter then goes where this run's kernel keeps it (PyTorch places it by
+    the checkpoint's kernel, so a CUDA run resumed with --cuda-graph would find it on the host).
+    The moments come back contiguous from safetensors; each gets its parameter's strides, since
+    PyTorch's fused CPU Adam walks a parameter and its moments as flat memory without checking
     that they match (torch 2.14): a channels_last weight would be updated from the wrong elements.
     """
     kernel = [{k: g[k] for k in ("fused", "foreach", "capturable") if k in g} for g in opt.param_groups]
     opt.load_state_dict(unpack_optimizer(prefix, tensors, meta))
     for group, keep in zip(opt.param_groups, kernel, strict=True):
         group.update(keep)
+        for param in group["params"]:
+            state = opt.state.get(param, {})
+            if torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].to(step_device(group, param))
     for param, state in opt.state.items():
         for name, value in state.items():
             if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
                 state[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
+def step_device(group: dict[str, Any], param: torch.Tensor) -> torch.device:
+    """Where PyTorch's Adam keeps a parameter's step counter: beside the parameter for the fused
+    and capturable kernels (they advance it on the device), on the host for the others."""
+    return param.device if group.get("fused") or group.get("capturable") else torch.device("cpu")
 
 
 def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
