@@ -80,14 +80,17 @@ def test_piped_output_has_no_control_characters(piped):
 @pytest.mark.timeout(300)
 def test_piped_output_is_one_line_per_message(piped):
     """Into a pipe, each message is one line, whatever its length: one summary line per epoch on
-    stdout, then the final line; on stderr the data line and one warning line, nothing wrapped."""
+    stdout, then the final line; on stderr the data, warning and device lines, nothing wrapped."""
     out = piped.stdout.decode().splitlines()
     err = piped.stderr.decode().splitlines()
     assert [line.split("  ")[0] for line in out[:2]] == ["epoch 1/2", "epoch 2/2"], out
     assert len(out) == 3 and out[2].startswith("done in "), out
     assert all("samples" in line for line in out), out
-    assert [line.split(":")[0] for line in err] == ["data", "warning"], err
+    assert [line.split(":")[0] for line in err] == ["data", "warning", "device"], err
     assert "broken.jpg (empty file)" in err[1]
+    # The device line names what runs: the batch, the precision and each speed setting in force.
+    assert err[2].startswith("device: cpu, 1 thread; batch 8, "), err
+    assert "channels_last, fused Adam" in err[2] and ("bf16 autocast" in err[2] or "fp32" in err[2])
 
 
 @pytest.mark.timeout(300)

@@ -6,7 +6,9 @@ import copy
 
 import pytest
 import torch
+from conftest import TINY
 
+from animegen.cli import main
 from animegen.config import ModelConfig, TrainConfig, build_config
 from animegen.data.batches import BatchFeeder, upload
 from animegen.errors import UserError
@@ -255,3 +257,22 @@ def test_compiled_step_matches_eager():
     sa = train_step(*a, real, noise, make_loss("bce"))
     sb = train_step(cG, cD, optG, optD, real, noise, make_loss("bce"))
     torch.testing.assert_close(sb, sa, rtol=1e-4, atol=1e-4)
+
+
+def test_train_names_the_speed_settings_in_force(image_folder, tmp_path, capsys):
+    loud = [a for a in TINY if a != "--quiet"]
+    argv = ["train", "--data", str(image_folder), "--max-steps", "2", *loud, "--set", "train.threads=1"]
+    assert (
+        main(
+            [*argv, "--preset", "seed", "--run-dir", str(tmp_path / "a"), "--set", "train.reuse_memory=false"]
+        )
+        == 0
+    )
+    assert "\ndevice: cpu, 1 thread; batch 8, fp32, per-tensor Adam\n" in capsys.readouterr().err
+    assert (
+        main([*argv, "--run-dir", str(tmp_path / "b"), "--amp", "off", "--set", "train.cudnn_benchmark=true"])
+        == 0
+    )
+    err = capsys.readouterr().err
+    assert "train.cudnn_benchmark: no cuDNN on cpu; ignored" in err
+    assert "\ndevice: cpu, 1 thread; batch 8, fp32, channels_last, fused Adam, freed memory kept\n" in err

@@ -228,6 +228,40 @@ class Trainer:
             self._restore(self.resume_from)
         if self.dist.is_main:
             (self.run_dir / "config.json").write_text(self.cfg.to_json() + "\n")
+            self.reporter.info(self.describe_setup())
+
+    def describe_setup(self) -> str:
+        """One line naming the device and every speed setting in force, so a user sees what runs."""
+        t = self.cfg.train
+        device = str(self.device)
+        if self.device.type == "cuda":
+            device += f" ({torch.cuda.get_device_name(self.device)})"
+        elif self.device.type == "cpu":
+            n = torch.get_num_threads()
+            device += f", {n} thread{'s' if n > 1 else ''}"
+        if self.dist.enabled:
+            device += f", {self.dist.world_size} processes"
+        parts = [f"batch {t.batch_size}" + (f" ({self.local_batch} a process)" if self.dist.enabled else "")]
+        if self.amp == "bf16":
+            parts.append("bf16 autocast")
+        elif self.device.type == "cuda" and torch.backends.cudnn.allow_tf32:
+            parts.append("fp32 (TF32 convolutions)")  # PyTorch's default for cuDNN
+        else:
+            parts.append("fp32")
+        if self.channels_last:
+            parts.append("channels_last")
+        parts.append("fused Adam" if self.optG.param_groups[0].get("fused") else "per-tensor Adam")
+        if t.compile != "off":
+            parts.append(f"torch.compile {t.compile}")
+        if self.graphed is not None and self.device.type == "cuda":
+            parts.append("CUDA graph")
+        if use_cudnn_benchmark(t, self.device):
+            parts.append("cuDNN autotuner")
+        if self.feeder.resident:
+            parts.append("images on the GPU")
+        if self.reusing_memory:
+            parts.append("freed memory kept")
+        return f"device: {device}; " + ", ".join(parts)
 
     def _check_run_dir(self) -> None:
         """Fail before any training if the run dir can't take a checkpoint."""
