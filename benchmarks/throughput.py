@@ -506,14 +506,19 @@ def profile(bc: BenchConfig, args: argparse.Namespace, device: torch.device) -> 
 
     from animegen.data.batches import BatchFeeder
     from animegen.models import build_models
+    from animegen.training import allocator
     from animegen.training.graphed import GraphedStep
-    from animegen.training.loop import load_images, make_optimizers, seed_everything
+    from animegen.training.loop import load_images, make_optimizers, seed_everything, use_cudnn_benchmark
     from animegen.training.step import make_loss, train_step
 
     cfg = resolve(bc, args)
     t = cfg.train
     if t.threads > 0:
         torch.set_num_threads(t.threads)
+    # The trainer's process-wide settings, so the profiled step is the one training runs.
+    if t.reuse_memory and device.type == "cpu":
+        allocator.keep_freed_memory()
+    use_cudnn_benchmark(t, device)
     seed_everything(t.seed)
     netG, netD = build_models(cfg.model)
     netG.to(device)
@@ -576,17 +581,24 @@ def profile(bc: BenchConfig, args: argparse.Namespace, device: torch.device) -> 
     return 0
 
 
+LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC")
+# Calls that make the host wait for the GPU; the profile's closing synchronize is one of them.
+HOST_WAITS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+
+
 def device_summary(averages: Any, steps: int, seconds: float) -> str:
-    """Per step: wall time, time the GPU spent in kernels, and launches, so a host-bound step shows."""
+    """Per step: wall time, time the GPU spent in kernels, launches, and the host's waits for the
+    GPU over all steps (the profile ends with one), so a host-bound or synchronising step shows."""
     busy_us = sum(getattr(e, "self_device_time_total", 0.0) for e in averages)
-    launch_names = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC")
-    launches = sum(e.count for e in averages if e.key in launch_names)
+    launches = sum(e.count for e in averages if e.key in LAUNCHES)
     graphs = sum(e.count for e in averages if e.key == "cudaGraphLaunch")
+    waits = sum(e.count for e in averages if e.key in HOST_WAITS)
     wall_ms = seconds / steps * 1000
     busy_ms = busy_us / steps / 1000
     return (
         f"per step: {wall_ms:.2f} ms wall, {busy_ms:.2f} ms of GPU kernels ({busy_ms / wall_ms:.0%} busy), "
-        f"{launches / steps:.0f} kernel launches, {graphs / steps:.0f} graph launches"
+        f"{launches / steps:.0f} kernel launches, {graphs / steps:.0f} graph launches; "
+        f"{waits} host waits for the GPU in {steps} steps (the closing synchronize included)"
     )
 
 

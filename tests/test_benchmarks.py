@@ -15,7 +15,7 @@ from conftest import write_images
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
-from throughput import _gemm_routes, parse_args  # noqa: E402
+from throughput import _gemm_routes, device_summary, parse_args  # noqa: E402
 
 
 def test_every_gemm_route_is_the_same_size_of_product():
@@ -93,3 +93,23 @@ def test_gpu_script_runs_dry_on_a_cpu(tmp_path):
     assert len(swd) == 4 and swd["eager-s0"] == swd["graph-s0"] and swd["eager-s1"] == swd["graph-s1"]
     assert (out / "runs.tar.gz").stat().st_size > 0
     assert not list(tmp_path.glob("animegen-gpu-runs.*")), "scratch runs left behind"
+
+
+def test_device_summary_counts_launches_busy_time_and_host_waits():
+    class Event:
+        def __init__(self, key: str, count: int = 1, device_us: float = 0.0):
+            self.key, self.count, self.self_device_time_total = key, count, device_us
+
+    averages = [
+        Event("cudaLaunchKernel", 300),
+        Event("cudaGraphLaunch", 0),
+        Event("void conv_kernel", 150, device_us=4000.0),
+        Event("void adam_kernel", 150, device_us=1000.0),
+        Event("cudaStreamSynchronize", 2),
+        Event("cudaDeviceSynchronize", 1),
+    ]
+    line = device_summary(averages, steps=2, seconds=0.02)
+    assert line == (
+        "per step: 10.00 ms wall, 2.50 ms of GPU kernels (25% busy), 150 kernel launches, 0 graph launches; "
+        "3 host waits for the GPU in 2 steps (the closing synchronize included)"
+    )
