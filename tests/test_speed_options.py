@@ -268,7 +268,7 @@ def test_train_names_the_speed_settings_in_force(image_folder, tmp_path, capsys)
         )
         == 0
     )
-    assert "\ndevice: cpu, 1 thread; batch 8, fp32, per-tensor Adam\n" in capsys.readouterr().err
+    assert "\ndevice: cpu, 1 thread; batch 8, fp32, unfused Adam\n" in capsys.readouterr().err
     assert (
         main([*argv, "--run-dir", str(tmp_path / "b"), "--amp", "off", "--set", "train.cudnn_benchmark=true"])
         == 0

@@ -149,7 +149,8 @@ class Trainer:
             self.D_for_g = torch.compile(self.netD, mode=mode) if self.dist.enabled else self.D
         self.amp = resolve_amp(cfg.train.amp, self.device)
         o = cfg.optim
-        if cfg.train.cudnn_benchmark and not use_cudnn_benchmark(cfg.train, self.device):
+        self.cudnn_benchmark = use_cudnn_benchmark(cfg.train, self.device)
+        if cfg.train.cudnn_benchmark and not self.cudnn_benchmark:
             reporter.info(f"train.cudnn_benchmark: no cuDNN on {self.device.type}; ignored")
         if cfg.train.cuda_graph:
             if self.dist.enabled:
@@ -250,12 +251,12 @@ class Trainer:
             parts.append("fp32")
         if self.channels_last:
             parts.append("channels_last")
-        parts.append("fused Adam" if self.optG.param_groups[0].get("fused") else "per-tensor Adam")
+        parts.append("fused Adam" if self.optG.param_groups[0].get("fused") else "unfused Adam")
         if t.compile != "off":
             parts.append(f"torch.compile {t.compile}")
         if self.graphed is not None and self.device.type == "cuda":
             parts.append("CUDA graph")
-        if use_cudnn_benchmark(t, self.device):
+        if self.cudnn_benchmark:
             parts.append("cuDNN autotuner")
         if self.feeder.resident:
             parts.append("images on the GPU")
