@@ -23,8 +23,12 @@ import torch  # noqa: E402
 from animegen.config import build_config  # noqa: E402
 from animegen.data.batches import BatchFeeder  # noqa: E402
 from animegen.models import build_models  # noqa: E402
-from animegen.training import allocator  # noqa: E402
-from animegen.training.loop import load_images, make_optimizers, resolve_device  # noqa: E402
+from animegen.training.loop import (  # noqa: E402
+    apply_process_settings,
+    load_images,
+    make_optimizers,
+    resolve_device,
+)
 from animegen.training.step import make_loss, resolve_amp, train_step  # noqa: E402
 
 
@@ -43,10 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = build_config(args.preset, overrides=overrides)
     device = resolve_device(args.device)
     t = cfg.train
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    if t.reuse_memory and device.type == "cpu":  # as the trainer does
-        allocator.keep_freed_memory()
+    apply_process_settings(t, device)  # threads and kept memory, as the trainer does
     images = load_images(cfg)
     feeder = BatchFeeder(
         images.images, t.batch_size, device, seed=0, hflip=cfg.data.hflip, channels_last=t.channels_last

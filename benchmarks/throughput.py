@@ -510,19 +510,13 @@ def profile(bc: BenchConfig, args: argparse.Namespace, device: torch.device) -> 
 
     from animegen.data.batches import BatchFeeder
     from animegen.models import build_models
-    from animegen.training import allocator
     from animegen.training.graphed import GraphedStep
-    from animegen.training.loop import load_images, make_optimizers, seed_everything, use_cudnn_benchmark
+    from animegen.training.loop import apply_process_settings, load_images, make_optimizers, seed_everything
     from animegen.training.step import make_loss, train_step
 
     cfg = resolve(bc, args)
     t = cfg.train
-    if t.threads > 0:
-        torch.set_num_threads(t.threads)
-    # The trainer's process-wide settings, so the profiled step is the one training runs.
-    if t.reuse_memory and device.type == "cpu":
-        allocator.keep_freed_memory()
-    use_cudnn_benchmark(t, device)
+    apply_process_settings(t, device)  # as the trainer does, so the profiled step is the one it runs
     seed_everything(t.seed)
     netG, netD = build_models(cfg.model)
     netG.to(device)

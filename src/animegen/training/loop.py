@@ -114,11 +114,7 @@ class Trainer:
                 f"--batch-size {cfg.train.batch_size} must divide evenly over {self.dist.world_size} ranks"
             )
         self.local_batch = cfg.train.batch_size // self.dist.world_size
-        if cfg.train.threads > 0:
-            torch.set_num_threads(cfg.train.threads)
-        self.reusing_memory = (
-            cfg.train.reuse_memory and self.device.type == "cpu" and allocator.keep_freed_memory()
-        )
+        self.reusing_memory, self.cudnn_benchmark = apply_process_settings(cfg.train, self.device)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.samples_dir = self.run_dir / "samples"
         self.log_path = self.run_dir / "log.jsonl"
@@ -149,7 +145,6 @@ class Trainer:
             self.D_for_g = torch.compile(self.netD, mode=mode) if self.dist.enabled else self.D
         self.amp = resolve_amp(cfg.train.amp, self.device)
         o = cfg.optim
-        self.cudnn_benchmark = use_cudnn_benchmark(cfg.train, self.device)
         if cfg.train.cudnn_benchmark and not self.cudnn_benchmark:
             reporter.info(f"train.cudnn_benchmark: no cuDNN on {self.device.type}; ignored")
         if cfg.train.cuda_graph:
@@ -767,6 +762,15 @@ def make_optimizers(
     optG = torch.optim.Adam(netG.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2), **kw)
     optD = torch.optim.Adam(netD.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2), **kw)
     return optG, optD
+
+
+def apply_process_settings(t: TrainConfig, device: torch.device) -> tuple[bool, bool]:
+    """The run's process-wide speed settings (CPU threads, kept freed memory, cuDNN's autotuner),
+    applied once; returns (freed memory kept, autotuner on). Benchmarks call it to time the same step."""
+    if t.threads > 0:
+        torch.set_num_threads(t.threads)
+    keeping = t.reuse_memory and device.type == "cpu" and allocator.keep_freed_memory()
+    return keeping, use_cudnn_benchmark(t, device)
 
 
 def use_cudnn_benchmark(t: TrainConfig, device: torch.device) -> bool:
