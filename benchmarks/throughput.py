@@ -510,8 +510,9 @@ def profile(bc: BenchConfig, args: argparse.Namespace, device: torch.device) -> 
 
     from animegen.data.batches import BatchFeeder
     from animegen.models import build_models
+    from animegen.training.device import apply_process_settings, make_optimizers
     from animegen.training.graphed import GraphedStep
-    from animegen.training.loop import apply_process_settings, load_images, make_optimizers, seed_everything
+    from animegen.training.loop import load_images, seed_everything
     from animegen.training.step import make_loss, train_step
 
     cfg = resolve(bc, args)
@@ -662,7 +663,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from animegen.errors import UserError
-    from animegen.training.loop import load_images, resolve_device
+    from animegen.training.device import resolve_device
+    from animegen.training.loop import load_images
 
     try:
         device = resolve_device(args.device)

@@ -13,8 +13,8 @@ from animegen.config import ModelConfig, TrainConfig, build_config
 from animegen.data.batches import BatchFeeder, upload
 from animegen.errors import UserError
 from animegen.models import build_models
+from animegen.training.device import make_optimizers, use_channels_last, use_cudnn_benchmark
 from animegen.training.ema import GeneratorEMA
-from animegen.training.loop import make_optimizers, use_channels_last, use_cudnn_benchmark
 from animegen.training.step import cpu_has_native_bf16, make_loss, resolve_amp, train_step
 
 CFG = ModelConfig(arch="seed", image_size=32, width=0.25)

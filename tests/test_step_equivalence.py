@@ -21,7 +21,7 @@ from torch import nn
 
 from animegen.config import seed_preset
 from animegen.models import build_models
-from animegen.training.loop import make_optimizers
+from animegen.training.device import make_optimizers
 from animegen.training.step import LOSSES, train_step
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "seed_dcgan.py"

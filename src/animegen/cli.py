@@ -399,7 +399,7 @@ def _runs(args: argparse.Namespace) -> int:
 
 
 def _device(name: str | None) -> str:
-    from animegen.training.loop import resolve_device
+    from animegen.training.device import resolve_device
 
     return str(resolve_device(name or "auto"))
 

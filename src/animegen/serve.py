@@ -567,7 +567,7 @@ def _run(args: argparse.Namespace) -> int:
     except ImportError:
         raise UserError("animegen serve needs fastapi and uvicorn: pip install 'animegen[serve]'") from None
     from animegen.generate import load_generator
-    from animegen.training.loop import resolve_device
+    from animegen.training.device import resolve_device
 
     if not 1 <= args.max_n <= MAX_N_LIMIT:
         raise UserError(f"--max-n must be between 1 and {MAX_N_LIMIT}, not {args.max_n}")

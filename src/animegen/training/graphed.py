@@ -6,7 +6,7 @@ Python launching a thousand small kernels (three D passes, two backward passes, 
 A CUDA graph launches the recorded kernels in one call, so the step costs what the GPU needs.
 
 Unlike torch.compile's "reduce-overhead" this captures everything, optimisers included, and needs
-no inductor (whose convolution stride checks failed on this generator, see training/loop.py).
+no inductor (whose convolution stride checks failed on this generator, see training/device.py).
 
 What a replay cannot see changes between iterations, so the step must be a fixed sequence of
 kernels: no DiffAugment or lazy R1 (their randomness and schedule live on the host), one process

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from animegen.config import Config, OptimConfig, TrainConfig
+from animegen.config import Config
 from animegen.data.batches import BatchFeeder, derived_seed
 from animegen.data.cache import ImageSet, load_demo, load_folder
 from animegen.data.split import holdout_split
@@ -26,6 +26,12 @@ from animegen.models import build_models
 from animegen.training import allocator, distributed
 from animegen.training import checkpoint as ckpt
 from animegen.training.augment import parse_policy
+from animegen.training.device import (
+    apply_process_settings,
+    make_optimizers,
+    resolve_device,
+    use_channels_last,
+)
 from animegen.training.ema import GeneratorEMA
 from animegen.training.graphed import CaptureError, GraphedStep
 from animegen.training.health import COLLAPSE, D_WINS, NONFINITE, HealthEvent, HealthMonitor
@@ -33,26 +39,6 @@ from animegen.training.monitor import Monitor
 from animegen.training.progress import Reporter
 from animegen.training.step import make_loss, resolve_amp, train_step
 from animegen.visual import make_grid, save_png
-
-
-def resolve_device(name: str) -> torch.device:
-    if name in ("auto", ""):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r} is not a device (use auto, cpu, cuda, cuda:N or mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine")
-    if device.type == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
-        raise UserError(f"--device {name}: MPS is not available on this machine")
-    return device
 
 
 def current_rss_mb() -> float | None:
@@ -740,58 +726,6 @@ class Trainer:
 
 
 BEST_NAME = "best.safetensors"
-# Devices with PyTorch's fused Adam kernel (torch.optim.Adam docs). It is the same update as the
-# per-tensor loop, one kernel over all parameters instead of a dozen small ones per tensor: on a
-# 2-core CPU the seed networks' batch-8 step ran 1.08x faster with it (1.22x before freed memory
-# was kept between steps, when each of those kernels' temporaries cost fresh pages).
-FUSED_ADAM_DEVICES = ("cpu", "cuda", "mps", "xpu")
-
-
-def make_optimizers(
-    netG: torch.nn.Module, netD: torch.nn.Module, o: OptimConfig, t: TrainConfig, device: torch.device
-) -> tuple[torch.optim.Adam, torch.optim.Adam]:
-    """Adam for G and D, fused as train.fused_adam says, and capturable on CUDA for train.cuda_graph."""
-    kw: dict[str, bool] = {}
-    if t.fused_adam == "on" and device.type not in FUSED_ADAM_DEVICES:
-        raise UserError(f"train.fused_adam=on: PyTorch has no fused Adam on {device.type}; use auto or off")
-    if t.fused_adam == "on" or (t.fused_adam == "auto" and device.type in FUSED_ADAM_DEVICES):
-        kw["fused"] = True
-    if device.type == "cuda":
-        # The step counters stay on the GPU, so the graph's replays advance them.
-        kw["capturable"] = t.cuda_graph
-    optG = torch.optim.Adam(netG.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2), **kw)
-    optD = torch.optim.Adam(netD.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2), **kw)
-    return optG, optD
-
-
-def apply_process_settings(t: TrainConfig, device: torch.device) -> tuple[bool, bool]:
-    """The run's process-wide speed settings (CPU threads, kept freed memory, cuDNN's autotuner),
-    applied once; returns (freed memory kept, autotuner on). Benchmarks call it to time the same step."""
-    if t.threads > 0:
-        torch.set_num_threads(t.threads)
-    keeping = t.reuse_memory and device.type == "cpu" and allocator.keep_freed_memory()
-    return keeping, use_cudnn_benchmark(t, device)
-
-
-def use_cudnn_benchmark(t: TrainConfig, device: torch.device) -> bool:
-    """Turn cuDNN's autotuner on for a CUDA run that asks for it; whether it is on.
-
-    Every convolution here keeps its shape for the whole run, so each is timed once (in the first
-    steps, before a CUDA graph is captured) and its fastest algorithm reused. The flag is
-    process-wide in PyTorch; a run only ever turns it on.
-    """
-    if not (t.cudnn_benchmark and device.type == "cuda"):
-        return False
-    torch.backends.cudnn.benchmark = True
-    return True
-
-
-def use_channels_last(t: TrainConfig, device: torch.device) -> bool:
-    """Whether the models and batches are converted to channels_last."""
-    # On CUDA, inductor chooses convolution layouts itself (its layout optimisation); converting by
-    # hand as well made its stride check fail on G's first transposed convolution (H200, torch
-    # 2.11). CPU inductor handles channels_last models, so they stay converted there.
-    return t.channels_last and not (t.compile != "off" and device.type == "cuda")
 
 
 class _RolledBack(Exception):
