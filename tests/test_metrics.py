@@ -273,7 +273,40 @@ def test_real_inception_features(real_inception: InceptionFeatures) -> None:
     assert torch.isfinite(feats).all()
     torch.testing.assert_close(feats[3], feats[0], rtol=0, atol=1e-5)
     assert not torch.allclose(feats[0], feats[1])
+    # The channels_last input on a CPU gives the plain layout's features.
+    with torch.inference_mode():
+        plain = real_inception.model(InceptionFeatures.preprocess(imgs))
+    torch.testing.assert_close(feats, plain, rtol=1e-4, atol=1e-4)
     # Same numbers through the batching helper, fed as an iterable of odd-sized chunks.
     arr = inception_features(iter([imgs[:3], imgs[3:]]), batch_size=2, extractor=real_inception)
     assert arr.shape == (4, FEATURE_DIM) and arr.dtype == np.float64
     np.testing.assert_allclose(arr, feats.double().numpy(), rtol=1e-4, atol=1e-4)
+
+
+class _StandInInception(torch.nn.Module):
+    """A tiny TorchScript network with the Inception file's interface, for tests without the weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 5, stride=4)
+        self.fc = torch.nn.Linear(8, FEATURE_DIM)
+        self.saw_channels_last = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.saw_channels_last = x.is_contiguous(memory_format=torch.channels_last)
+        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.script/save: the file format
+def test_cpu_features_come_from_channels_last_input_and_match_the_plain_layout(tmp_path) -> None:
+    torch.manual_seed(0)
+    path = tmp_path / "standin.pt"
+    torch.jit.save(torch.jit.script(_StandInInception()), str(path))
+    net = InceptionFeatures(path, device="cpu")
+    imgs = torch.randint(0, 256, (3, 3, 24, 24), dtype=torch.uint8)
+    feats = net(imgs)
+    assert net.model.saw_channels_last
+    with torch.inference_mode():
+        plain = net.model(InceptionFeatures.preprocess(imgs))
+    assert not net.model.saw_channels_last
+    torch.testing.assert_close(feats, plain, rtol=1e-5, atol=1e-5)
