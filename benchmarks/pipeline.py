@@ -26,6 +26,7 @@ from animegen.models import build_models  # noqa: E402
 from animegen.training.device import (  # noqa: E402
     apply_process_settings,
     make_optimizers,
+    place_models,
     resolve_device,
 )
 from animegen.training.loop import load_images  # noqa: E402
@@ -49,20 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     t = cfg.train
     apply_process_settings(t, device)  # threads and kept memory, as the trainer does
     images = load_images(cfg)
-    feeder = BatchFeeder(
-        images.images, t.batch_size, device, seed=0, hflip=cfg.data.hflip, channels_last=t.channels_last
-    )
     netG, netD = build_models(cfg.model)
-    netG.to(device)
-    netD.to(device)
-    if t.channels_last:
-        netG.to(memory_format=torch.channels_last)
-        netD.to(memory_format=torch.channels_last)
+    channels_last = place_models(netG, netD, t, device)
+    feeder = BatchFeeder(
+        images.images, t.batch_size, device, seed=0, hflip=cfg.data.hflip, channels_last=channels_last
+    )
     optG, optD = make_optimizers(netG, netD, cfg.optim, t, device)
     loss = make_loss(cfg.optim.loss)
     amp = resolve_amp(t.amp, device)
     noise = torch.randn(t.batch_size, cfg.model.z_dim, 1, 1, device=device)
-    if t.channels_last:
+    if channels_last:
         noise = noise.contiguous(memory_format=torch.channels_last)
 
     def sync() -> None:

@@ -127,6 +127,13 @@ CONFIGS: tuple[BenchConfig, ...] = (
         ("--set", "train.cuda_graph=true", "--set", "train.cudnn_benchmark=true"),
     ),
     BenchConfig("default/fused_adam=off", "default", ("--set", "train.fused_adam=off")),
+    # G's wide transposed convs over 4x4 inputs with oneDNN's own bf16 gradient kernels.
+    BenchConfig("default/matmul_deconv_grads=off", "default", ("--set", "train.matmul_deconv_grads=false")),
+    BenchConfig(
+        "seed/amp=bf16+matmul_deconv_grads=off",
+        "seed",
+        ("--amp", "bf16", "--set", "train.matmul_deconv_grads=false"),
+    ),
     BenchConfig("seed/reuse_memory=off", "seed", ("--set", "train.reuse_memory=false")),
     BenchConfig("default/reuse_memory=off", "default", ("--set", "train.reuse_memory=false")),
     BenchConfig("default/channels_last=false", "default", ("--set", "train.channels_last=false")),
@@ -510,7 +517,7 @@ def profile(bc: BenchConfig, args: argparse.Namespace, device: torch.device) -> 
 
     from animegen.data.batches import BatchFeeder
     from animegen.models import build_models
-    from animegen.training.device import apply_process_settings, make_optimizers
+    from animegen.training.device import apply_process_settings, make_optimizers, place_models
     from animegen.training.graphed import GraphedStep
     from animegen.training.loop import load_images, seed_everything
     from animegen.training.step import make_loss, train_step
@@ -520,11 +527,7 @@ def profile(bc: BenchConfig, args: argparse.Namespace, device: torch.device) -> 
     apply_process_settings(t, device)  # as the trainer does, so the profiled step is the one it runs
     seed_everything(t.seed)
     netG, netD = build_models(cfg.model)
-    netG.to(device)
-    netD.to(device)
-    if t.channels_last:
-        netG.to(memory_format=torch.channels_last)
-        netD.to(memory_format=torch.channels_last)
+    channels_last = place_models(netG, netD, t, device)
     o = cfg.optim
     optG, optD = make_optimizers(netG, netD, o, t, device)
     loss = make_loss(o.loss, o.label_smoothing)
@@ -535,7 +538,7 @@ def profile(bc: BenchConfig, args: argparse.Namespace, device: torch.device) -> 
     run_step = GraphedStep(plain, device) if t.cuda_graph else plain
     images = load_images(cfg)
     feeder = BatchFeeder(
-        images.images, t.batch_size, device, seed=t.seed, hflip=cfg.data.hflip, channels_last=t.channels_last
+        images.images, t.batch_size, device, seed=t.seed, hflip=cfg.data.hflip, channels_last=channels_last
     )
     batches = feeder.epoch(0)
 
@@ -544,7 +547,7 @@ def profile(bc: BenchConfig, args: argparse.Namespace, device: torch.device) -> 
             real = next(batches)
         with record_function("## noise"):
             noise = torch.randn(t.batch_size, cfg.model.z_dim, 1, 1, device=device)
-            if t.channels_last:
+            if channels_last:
                 noise = noise.contiguous(memory_format=torch.channels_last)
         with record_function("## train_step"):
             run_step(real, noise)
@@ -569,7 +572,7 @@ def profile(bc: BenchConfig, args: argparse.Namespace, device: torch.device) -> 
     ips = steps * t.batch_size / seconds
     print(
         f"profiled {steps} steps of {bc.name} (batch {t.batch_size}, amp {t.amp}, "
-        f"channels_last {t.channels_last}, threads {torch.get_num_threads()}) on {device}: "
+        f"channels_last {channels_last}, threads {torch.get_num_threads()}) on {device}: "
         f"{seconds / steps * 1000:.1f} ms/step, {ips:.2f} images/s under the profiler"
     )
     averages = prof.key_averages()

@@ -88,6 +88,9 @@ class TrainConfig:
     # CUDA: cuDNN times its algorithms for each convolution shape once and keeps the fastest
     cudnn_benchmark: bool = False
     channels_last: bool = False
+    # bf16 on a CPU: G's wide transposed convs over <= 4x4 inputs take their gradients as matrix
+    # products (training/deconv_grad.py); fp32 steps and GPUs are untouched
+    matmul_deconv_grads: bool = True
     threads: int = 0  # torch intra-op threads on CPU; 0 leaves PyTorch's default
     # CPU: keep a step's freed buffers mapped for the next step (glibc; training/allocator.py)
     reuse_memory: bool = True

@@ -12,6 +12,7 @@ import torch
 from animegen.config import OptimConfig, TrainConfig
 from animegen.errors import UserError
 from animegen.training import allocator
+from animegen.training.deconv_grad import use_matmul_weight_grads
 
 
 def resolve_device(name: str) -> torch.device:
@@ -86,3 +87,17 @@ def use_channels_last(t: TrainConfig, device: torch.device) -> bool:
     # hand as well made its stride check fail on G's first transposed convolution (H200, torch
     # 2.11). CPU inductor handles channels_last models, so they stay converted there.
     return t.channels_last and not (t.compile != "off" and device.type == "cuda")
+
+
+def place_models(netG: torch.nn.Module, netD: torch.nn.Module, t: TrainConfig, device: torch.device) -> bool:
+    """Put both networks on the run's device in its layout, with G's matmul-gradient layers where
+    they apply (CPU); whether the run is channels_last. The trainer and the benchmarks both call it."""
+    if t.matmul_deconv_grads and device.type == "cpu":
+        use_matmul_weight_grads(netG)
+    netG.to(device)
+    netD.to(device)
+    channels_last = use_channels_last(t, device)
+    if channels_last:
+        netG.to(memory_format=torch.channels_last)
+        netD.to(memory_format=torch.channels_last)
+    return channels_last

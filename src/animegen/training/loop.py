@@ -26,11 +26,12 @@ from animegen.models import build_models
 from animegen.training import allocator, distributed
 from animegen.training import checkpoint as ckpt
 from animegen.training.augment import parse_policy
+from animegen.training.deconv_grad import MatmulGradConvTranspose2d
 from animegen.training.device import (
     apply_process_settings,
     make_optimizers,
+    place_models,
     resolve_device,
-    use_channels_last,
 )
 from animegen.training.ema import GeneratorEMA
 from animegen.training.graphed import CaptureError, GraphedStep
@@ -111,12 +112,7 @@ class Trainer:
 
         seed_everything(cfg.train.seed)
         self.netG, self.netD = build_models(cfg.model)
-        self.netG.to(self.device)
-        self.netD.to(self.device)
-        self.channels_last = use_channels_last(cfg.train, self.device)
-        if self.channels_last:
-            self.netG.to(memory_format=torch.channels_last)
-            self.netD.to(memory_format=torch.channels_last)
+        self.channels_last = place_models(self.netG, self.netD, cfg.train, self.device)
         if cfg.train.sync_bn and self.dist.enabled:
             distributed.convert_sync_batchnorm(self.netG, self.device)
             distributed.convert_sync_batchnorm(self.netD, self.device)
@@ -232,6 +228,8 @@ class Trainer:
             parts.append("fp32")
         if self.channels_last:
             parts.append("channels_last")
+        if self.amp == "bf16" and any(isinstance(m, MatmulGradConvTranspose2d) for m in self.netG.modules()):
+            parts.append("matmul deconv gradients")
         parts.append("fused Adam" if self.optG.param_groups[0].get("fused") else "unfused Adam")
         if t.compile != "off":
             parts.append(f"torch.compile {t.compile}")

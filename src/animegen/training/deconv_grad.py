@@ -1,0 +1,111 @@
+"""G's wide transposed convolutions with their weight gradient as one matrix product (bf16, CPU).
+
+oneDNN's bf16 weight-gradient kernel for a transposed convolution over a 4x4 input is slow: for
+G's 1024 -> 512 layer at batch 64 it took 115-118 ms on the 2-core AVX-512 CPU where the same
+product as unfold + one bf16 matrix multiply took 30-45 ms (x10 at batch 8), about a fifth of the
+default preset's step (docs/performance.md). The forward pass and the input gradient stay
+oneDNN's; only the weight gradient is computed another way, from the same bf16 operands with the
+same fp32 accumulation. For narrow layers (256 -> 128) or inputs from 8x8 up oneDNN was faster,
+so only wide layers over small inputs take this route, and only under bf16 autocast on a CPU:
+fp32 runs (the seed preset's bit-exact step) and GPUs never do.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MAX_INPUT_PIXELS = 16  # 4x4
+MIN_IN_CHANNELS = 512
+
+
+class _WeightGradByMatmul(torch.autograd.Function):
+    """conv_transpose2d (no bias, groups, dilation or output padding) with both gradients as matmuls."""
+
+    @staticmethod
+    def forward(ctx, x, w, stride, padding):  # noqa: ANN001, ANN205 - autograd.Function signature
+        ctx.save_for_backward(x, w)
+        ctx.stride, ctx.padding = stride, padding
+        return F.conv_transpose2d(x, w, None, stride, padding)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        x, w = ctx.saved_tensors
+        batch, cin, h, wd = x.shape
+        cout, kh, kw = w.shape[1:]
+        # Each input pixel's patch of the output gradient, rows in the input's (b, h, w) order and
+        # columns in (kh, kw, cout) order: the memory order of a channels_last weight, so the
+        # products below read the weight and write both gradients without a layout copy.
+        cols = F.unfold(grad.to(x.dtype), (kh, kw), padding=ctx.padding, stride=ctx.stride)
+        cols = cols.view(batch, cout, kh * kw, h * wd).permute(0, 3, 2, 1).reshape(-1, kh * kw * cout)
+        w_mat = w.permute(0, 2, 3, 1).reshape(cin, kh * kw * cout)
+        gx = gw = None
+        if ctx.needs_input_grad[0]:
+            gx = (cols @ w_mat.t()).view(batch, h, wd, cin).permute(0, 3, 1, 2)
+        if ctx.needs_input_grad[1]:
+            rows = x.permute(0, 2, 3, 1).reshape(-1, cin)  # a view for channels_last input
+            gw = (rows.t() @ cols).view(cin, kh, kw, cout).permute(0, 3, 1, 2)
+        return gx, gw, None, None
+
+
+class MatmulGradConvTranspose2d(nn.ConvTranspose2d):
+    """The same layer, parameters and forward; the weight gradient by matmul where that is faster."""
+
+    @classmethod
+    def eligible(cls, layer: nn.Module) -> bool:
+        return (
+            type(layer) is nn.ConvTranspose2d
+            and layer.bias is None
+            and layer.groups == 1
+            and layer.dilation == (1, 1)
+            and layer.output_padding == (0, 0)
+            and layer.padding_mode == "zeros"
+            and layer.in_channels >= MIN_IN_CHANNELS
+        )
+
+    @classmethod
+    def replacing(cls, layer: nn.ConvTranspose2d) -> MatmulGradConvTranspose2d:
+        """A layer sharing `layer`'s weight, so optimisers and checkpoints see the same parameter."""
+        with torch.device("meta"):
+            new = cls(
+                layer.in_channels,
+                layer.out_channels,
+                layer.kernel_size,
+                layer.stride,
+                layer.padding,
+                bias=False,
+            )
+        new.weight = layer.weight
+        new.train(layer.training)
+        return new
+
+    def _use_matmul(self, x: torch.Tensor) -> bool:
+        return (
+            x.device.type == "cpu"
+            and x.dim() == 4
+            and x.shape[-2] * x.shape[-1] <= MAX_INPUT_PIXELS
+            and self.weight.requires_grad
+            and torch.is_grad_enabled()
+            and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        )
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if output_size is not None or not self._use_matmul(x):
+            return super().forward(x, output_size)
+        # Autocast does not reach inside an autograd.Function: cast as it would, outside it.
+        return _WeightGradByMatmul.apply(
+            x.to(torch.bfloat16), self.weight.to(torch.bfloat16), self.stride, self.padding
+        )
+
+
+def use_matmul_weight_grads(net: nn.Module) -> int:
+    """Swap every eligible ConvTranspose2d in `net` for the matmul-gradient layer; how many."""
+    swapped = 0
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            if MatmulGradConvTranspose2d.eligible(child):
+                parent.register_module(name, MatmulGradConvTranspose2d.replacing(child))
+                swapped += 1
+    return swapped

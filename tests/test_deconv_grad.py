@@ -1,0 +1,151 @@
+"""G's transposed convolutions with matmul gradients: the same layer, the same numbers."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import TINY
+from torch import nn
+
+from animegen.cli import main
+from animegen.config import ModelConfig
+from animegen.models import build_models
+from animegen.training import deconv_grad
+from animegen.training.deconv_grad import (
+    MatmulGradConvTranspose2d,
+    _WeightGradByMatmul,
+    use_matmul_weight_grads,
+)
+from animegen.training.step import make_loss, train_step
+
+BF16 = dict(device_type="cpu", dtype=torch.bfloat16, cache_enabled=False)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize(
+    "cin, cout, size, kernel, stride, padding",
+    [(16, 8, 4, 4, 2, 1), (6, 5, 1, 4, 1, 0), (4, 3, 3, 5, 3, 1), (5, 7, 2, 4, 2, 1)],
+)
+def test_matmul_gradients_equal_conv_transpose2d(channels_last, cin, cout, size, kernel, stride, padding):
+    g = torch.Generator().manual_seed(cin * 100 + size)
+    x = torch.randn(3, cin, size, size, dtype=torch.float64, generator=g)
+    w = torch.randn(cin, cout, kernel, kernel, dtype=torch.float64, generator=g)
+    if channels_last:
+        x, w = (t.contiguous(memory_format=torch.channels_last) for t in (x, w))
+    x.requires_grad_()
+    w.requires_grad_()
+    y = _WeightGradByMatmul.apply(x, w, (stride, stride), (padding, padding))
+    y0 = F.conv_transpose2d(x, w, None, stride, padding)
+    grad = torch.randn(y0.shape, dtype=torch.float64, generator=g)
+    got = torch.autograd.grad(y, (x, w), grad)
+    want = torch.autograd.grad(y0, (x, w), grad)
+    torch.testing.assert_close(y, y0, rtol=0, atol=0)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # The weight gradient comes out in a channels_last weight's own layout (no copy to accumulate it).
+    assert got[1].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_matmul_gradients_pass_gradcheck():
+    x = torch.randn(2, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w: _WeightGradByMatmul.apply(x, w, (2, 2), (1, 1)), (x, w))
+
+
+def _layer(cin: int = 64, cout: int = 32) -> nn.ConvTranspose2d:
+    torch.manual_seed(0)
+    return nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False).to(memory_format=torch.channels_last)
+
+
+def test_the_matmul_route_is_taken_only_for_bf16_training_on_a_cpu_over_small_inputs():
+    fast = MatmulGradConvTranspose2d.replacing(_layer())
+    small = torch.randn(2, 64, 4, 4).contiguous(memory_format=torch.channels_last)
+    large = torch.randn(2, 64, 8, 8).contiguous(memory_format=torch.channels_last)
+    with torch.autocast(**BF16):
+        assert type(fast(small).grad_fn).__name__ == "_WeightGradByMatmulBackward"
+        assert type(fast(large).grad_fn).__name__ == "ConvolutionBackward0"
+        with torch.no_grad():
+            assert fast(small).grad_fn is None
+    # fp32 (the seed preset's bit-exact step) keeps PyTorch's own kernels.
+    assert type(fast(small).grad_fn).__name__ == "ConvolutionBackward0"
+
+
+def test_bf16_matmul_gradients_are_as_accurate_as_onednn():
+    layer = _layer()
+    fast = MatmulGradConvTranspose2d.replacing(copy.deepcopy(layer))
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(8, 64, 4, 4, generator=g).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(8, 32, 8, 8, generator=g)
+
+    def grads(net: nn.Module, amp: bool) -> tuple[torch.Tensor, ...]:
+        xx = x.clone().requires_grad_()
+        with torch.autocast(**BF16, enabled=amp):
+            y = net(xx)
+        gx, gw = torch.autograd.grad(y, (xx, net.weight), grad.to(y.dtype))
+        return tuple(t.detach().double() for t in (y, gx, gw))
+
+    ref_layer = copy.deepcopy(layer).double()
+    xx = x.double().requires_grad_()
+    y = ref_layer(xx)
+    exact = (y.detach(), *torch.autograd.grad(y, (xx, ref_layer.weight), grad.double()))
+    onednn, matmul = grads(layer, amp=True), grads(fast, amp=True)
+    for o, m, e in zip(onednn, matmul, exact, strict=True):
+        err_o = float((o - e).norm() / e.norm())
+        err_m = float((m - e).norm() / e.norm())
+        assert 1e-4 < err_o < 1e-2  # bf16 really ran
+        assert err_m < 1.1 * err_o
+
+
+def test_swap_shares_parameters_and_keeps_checkpoint_keys_and_outputs(monkeypatch):
+    monkeypatch.setattr(deconv_grad, "MIN_IN_CHANNELS", 128)
+    torch.manual_seed(0)
+    netG, _ = build_models(ModelConfig(arch="seed", image_size=32, width=0.5))
+    plain = copy.deepcopy(netG)
+    params = [id(p) for p in netG.parameters()]
+    # G is 100 -> 256 -> 128 -> 64 -> 3: the two layers with >= 128 input channels after the first
+    assert use_matmul_weight_grads(netG) == 2
+    assert [type(b[0]) is MatmulGradConvTranspose2d for b in netG.children()] == [False, True, True, False]
+    assert [id(p) for p in netG.parameters()] == params
+    assert list(netG.state_dict()) == list(plain.state_dict())
+    z = torch.randn(4, 100, 1, 1)
+    with torch.autocast(**BF16):
+        torch.testing.assert_close(netG(z), plain(z), rtol=0, atol=0)
+
+
+def test_bf16_training_losses_track_the_plain_layers(monkeypatch):
+    monkeypatch.setattr(deconv_grad, "MIN_IN_CHANNELS", 128)
+    cfg = ModelConfig(arch="seed", image_size=32, width=0.5)
+
+    def run(swap: bool) -> torch.Tensor:
+        torch.manual_seed(0)
+        netG, netD = build_models(cfg)
+        if swap:
+            use_matmul_weight_grads(netG)
+        optG = torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999))
+        optD = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))
+        g = torch.Generator().manual_seed(1)
+        real = torch.rand(8, 3, 32, 32, generator=g) * 2 - 1
+        noise = torch.randn(8, 100, 1, 1, generator=g)
+        return torch.stack(
+            [train_step(netG, netD, optG, optD, real, noise, make_loss("bce"), "bf16") for _ in range(3)]
+        )
+
+    plain, fast = run(False), run(True)
+    torch.testing.assert_close(fast[0], plain[0], rtol=0, atol=0)  # the first forward is the same
+    torch.testing.assert_close(fast, plain, rtol=5e-2, atol=2e-2)
+
+
+def test_train_names_matmul_gradients_when_they_run(image_folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(deconv_grad, "MIN_IN_CHANNELS", 1)
+    loud = [a for a in TINY if a != "--quiet"]
+    argv = ["train", "--data", str(image_folder), "--max-steps", "2", *loud, "--set", "train.threads=1"]
+    assert main([*argv, "--run-dir", str(tmp_path / "a"), "--amp", "bf16"]) == 0
+    assert "bf16 autocast, channels_last, matmul deconv gradients, fused Adam" in capsys.readouterr().err
+    off = ["--set", "train.matmul_deconv_grads=false"]
+    assert main([*argv, "--run-dir", str(tmp_path / "b"), "--amp", "bf16", *off]) == 0
+    assert "matmul deconv gradients" not in capsys.readouterr().err
+    assert main([*argv, "--run-dir", str(tmp_path / "c"), "--amp", "off"]) == 0
+    assert "matmul deconv gradients" not in capsys.readouterr().err
