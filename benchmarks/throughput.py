@@ -487,9 +487,13 @@ def fmt(value: float | None, width: int, digits: int, suffix: str = "") -> str:
     return f"{value:{width}.{digits}f}{suffix}"
 
 
+# Wide enough for every row's name and a round's " #N".
+NAME_WIDTH = max(len(c.name) for c in CONFIGS) + 3
+
+
 def print_header_row() -> None:
     print(
-        f"{'config':<29} {'batch':>5} {'dtype':>5} {'thr':>3} {'images/s':>9} {'x ref':>6} "
+        f"{'config':<{NAME_WIDTH}} {'batch':>5} {'dtype':>5} {'thr':>3} {'images/s':>9} {'x ref':>6} "
         f"{'ms/step':>8} {'RSS MB':>7} {'MFU':>6} {'load1':>5} {'spread':>6} {'warm-up s':>9}"
     )
 
@@ -498,7 +502,7 @@ def print_row(r: Result) -> None:
     ms = r.batch / r.images_per_s * 1000 if r.images_per_s else None
     mfu = None if r.mfu is None else r.mfu * 100
     print(
-        f"{r.name:<29} {r.batch:>5} {r.dtype:>5} {r.threads:>3} {fmt(r.images_per_s, 9, 2)} "
+        f"{r.name:<{NAME_WIDTH}} {r.batch:>5} {r.dtype:>5} {r.threads:>3} {fmt(r.images_per_s, 9, 2)} "
         f"{fmt(r.ratio_to_reference, 6, 2)} {fmt(ms, 8, 1)} {fmt(r.peak_rss_mb, 7, 0)} "
         f"{fmt(mfu, 5, 1, '%')} {fmt(r.load_before, 5, 2)} "
         f"{fmt(None if r.spread is None else r.spread * 100, 5, 1, '%')} {fmt(r.warmup_s, 9, 1)}"
