@@ -1,5 +1,6 @@
 """Where a run trains and with which speed settings: the device, the process-wide settings (CPU
-threads, kept freed memory, cuDNN's autotuner), the memory layout and Adam's kernel.
+threads, kept freed memory, cuDNN's autotuner), the memory layout, G's matmul-gradient layers and
+Adam's kernel.
 
 The trainer and the benchmarks both build their runs from these, so a benchmark times the step
 that training runs.
