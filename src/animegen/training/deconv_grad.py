@@ -1,13 +1,13 @@
-"""G's wide transposed convolutions with their weight gradient as one matrix product (bf16, CPU).
+"""G's wide transposed convolutions with their gradients as matrix products (bf16, CPU).
 
 oneDNN's bf16 weight-gradient kernel for a transposed convolution over a 4x4 input is slow: for
 G's 1024 -> 512 layer at batch 64 it took 115-118 ms on the 2-core AVX-512 CPU where the same
 product as unfold + one bf16 matrix multiply took 30-45 ms (x10 at batch 8), about a fifth of the
-default preset's step (docs/performance.md). The forward pass and the input gradient stay
-oneDNN's; only the weight gradient is computed another way, from the same bf16 operands with the
-same fp32 accumulation. For narrow layers (256 -> 128) or inputs from 8x8 up oneDNN was faster,
-so only wide layers over small inputs take this route, and only under bf16 autocast on a CPU:
-fp32 runs (the seed preset's bit-exact step) and GPUs never do.
+default preset's step (docs/performance.md). Here both gradients are products over the same
+unfolded output gradient, from the same bf16 operands with fp32 accumulation; the forward pass
+stays oneDNN's. For narrow layers (256 -> 128) or inputs from 8x8 up oneDNN was faster, so only
+wide layers over small inputs take this route, and only under bf16 autocast on a CPU: fp32 runs
+(the seed preset's bit-exact step) and GPUs never do.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class _WeightGradByMatmul(torch.autograd.Function):
 
 
 class MatmulGradConvTranspose2d(nn.ConvTranspose2d):
-    """The same layer, parameters and forward; the weight gradient by matmul where that is faster."""
+    """The same layer, parameters and forward; the gradients by matmul where that is faster."""
 
     @classmethod
     def eligible(cls, layer: nn.Module) -> bool:
@@ -94,14 +94,19 @@ class MatmulGradConvTranspose2d(nn.ConvTranspose2d):
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         if output_size is not None or not self._use_matmul(x):
             return super().forward(x, output_size)
-        # Autocast does not reach inside an autograd.Function: cast as it would, outside it.
+        # Cast as autocast would, outside the Function, so the gradients flow back through the casts
+        # to the fp32 weight and input.
         return _WeightGradByMatmul.apply(
             x.to(torch.bfloat16), self.weight.to(torch.bfloat16), self.stride, self.padding
         )
 
 
 def use_matmul_weight_grads(net: nn.Module) -> int:
-    """Swap every eligible ConvTranspose2d in `net` for the matmul-gradient layer; how many."""
+    """Swap every eligible ConvTranspose2d in `net` for the matmul-gradient layer; how many.
+
+    Eligible is a layer wide enough to gain (>= MIN_IN_CHANNELS inputs); each forward then checks
+    the rest (a CPU, bf16 autocast, an input of at most MAX_INPUT_PIXELS, gradients wanted).
+    """
     swapped = 0
     for parent in list(net.modules()):
         for name, child in list(parent.named_children()):
