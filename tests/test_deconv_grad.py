@@ -8,6 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import TINY
+from test_train_resume import _assert_identical as assert_identical
+from test_train_resume import _weights as weights
 from torch import nn
 
 from animegen.cli import main
@@ -149,3 +151,13 @@ def test_train_names_matmul_gradients_when_they_run(image_folder, tmp_path, caps
     assert "matmul deconv gradients" not in capsys.readouterr().err
     assert main([*argv, "--run-dir", str(tmp_path / "c"), "--amp", "off"]) == 0
     assert "matmul deconv gradients" not in capsys.readouterr().err
+
+
+def test_bf16_resume_with_matmul_gradients_is_bit_identical(image_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(deconv_grad, "MIN_IN_CHANNELS", 1)
+    common = ["--data", str(image_folder), "--seed", "5", "--amp", "bf16", *TINY]
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert main(["train", *common, "--epochs", "2", "--run-dir", str(full)]) == 0
+    assert main(["train", *common, "--epochs", "2", "--max-steps", "3", "--run-dir", str(part)]) == 0
+    assert main(["train", "--resume", str(part), "--set", "train.max_steps=none", "--quiet"]) == 0
+    assert_identical(weights(full)[0], weights(part)[0])
