@@ -32,6 +32,7 @@ Usage:
                                   [--configs NAME ...] [--limit N] [--json out.json]
   python benchmarks/throughput.py --data DIR --quick               # smoke run: reference + seed, 3 steps
   python benchmarks/throughput.py --data DIR --profile seed        # torch.profiler top-15 ops, in-process
+  python benchmarks/throughput.py --data DIR --profile default --by-shape   # the same, per layer shape
 
 On a CPU shared with other work the figures move a lot (two OpenMP threads that contend with
 another process can run many times slower), so the header and every row show the load average.
@@ -515,7 +516,8 @@ def print_row(r: Result) -> None:
 
 
 def profile(bc: BenchConfig, args: argparse.Namespace, device: torch.device) -> int:
-    """torch.profiler over a few steps of one configuration, in this process; prints the top-15 ops."""
+    """torch.profiler over a few steps of one configuration, in this process; prints the top-15 ops
+    (with --by-shape, each op split by its input shapes, which tells the layers apart)."""
     from torch.profiler import ProfilerActivity, record_function
     from torch.profiler import profile as torch_profile
 
@@ -568,7 +570,7 @@ def profile(bc: BenchConfig, args: argparse.Namespace, device: torch.device) -> 
     _sync(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     start = time.perf_counter()
-    with torch_profile(activities=activities) as prof:
+    with torch_profile(activities=activities, record_shapes=args.by_shape) as prof:
         for _ in range(steps):
             step()
         _sync(device)
@@ -579,11 +581,12 @@ def profile(bc: BenchConfig, args: argparse.Namespace, device: torch.device) -> 
         f"channels_last {channels_last}, threads {torch.get_num_threads()}) on {device}: "
         f"{seconds / steps * 1000:.1f} ms/step, {ips:.2f} images/s under the profiler"
     )
-    averages = prof.key_averages()
+    averages = prof.key_averages(group_by_input_shape=args.by_shape)
     if device.type == "cuda":
         print(device_summary(averages, steps, seconds))
     sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    print(averages.table(sort_by=sort, row_limit=15))
+    widths = {"max_name_column_width": 32, "max_shapes_column_width": 80} if args.by_shape else {}
+    print(averages.table(sort_by=sort, row_limit=25 if args.by_shape else 15, **widths))
     return 0
 
 
@@ -650,6 +653,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run: 3 timed steps after 1 warm-up")
     p.add_argument("--profile", metavar="CONFIG", help="profile this config in-process instead")
     p.add_argument("--profile-steps", type=int, default=5, help="steps under the profiler")
+    p.add_argument("--by-shape", action="store_true", help="--profile: split each op by input shapes")
     args = p.parse_args(argv)
     if args.quick:
         args.iters, args.warmup = min(args.iters, 3), min(args.warmup, 1)

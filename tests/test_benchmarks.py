@@ -113,3 +113,17 @@ def test_device_summary_counts_launches_busy_time_and_host_waits():
         "per step: 10.00 ms wall, 2.50 ms of GPU kernels (25% busy), 150 kernel launches, 0 graph launches; "
         "3 host waits for the GPU in 2 steps (the closing synchronize included)"
     )
+
+
+def test_profile_by_shape_tells_the_layers_apart(tmp_path):
+    # The per-shape table is what found G's slow 1024 -> 512 weight gradient: each convolution
+    # shows up once per layer, named by its weight's shape.
+    write_images(tmp_path / "faces", 24, size=96)
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "throughput.py"), "--data", str(tmp_path / "faces"), "--device", "cpu",
+         "--profile", "seed", "--profile-steps", "1", "--warmup", "1", "--by-shape"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "profiled 1 steps of seed " in proc.stdout and "Input Shapes" in proc.stdout
+    assert "[1024, 512, 4, 4]" in proc.stdout and "[512, 256, 4, 4]" in proc.stdout
