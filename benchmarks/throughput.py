@@ -262,13 +262,14 @@ def _gemm_routes(device: torch.device, dtype: torch.dtype, n: int) -> dict[str, 
     On a CPU, torch.mm goes to MKL's sgemm, which on some AMD CPUs runs at under half the speed of
     the oneDNN kernels the convolutions use (measured on a 2-core AMD EPYC with AVX-512: mm 214
     GFLOP/s fp32, a 4x4 convolution 482), so an mm-only peak let MFU pass 100%. A 1x1 convolution
-    over a channels_last image of n pixels is the same product through oneDNN.
+    over n channels_last pixels is the same product through oneDNN; spread over 16 images, as a
+    training batch is, since oneDNN ran it at 455-478 GFLOP/s fp32 so and at 280-296 as one image.
     """
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     routes: dict[str, Callable[[], object]] = {"mm": lambda: torch.mm(a, b)}
     if device.type == "cpu":
-        x = a.t().reshape(1, n, 32, n // 32).contiguous(memory_format=torch.channels_last)
+        x = a.t().reshape(n, 16, 8, n // 128).transpose(0, 1).contiguous(memory_format=torch.channels_last)
         w = b.reshape(n, n, 1, 1)
         routes["conv1x1"] = lambda: torch.nn.functional.conv2d(x, w)
     return routes

@@ -19,21 +19,22 @@ from throughput import _gemm_routes, device_summary, parse_args  # noqa: E402
 
 
 def test_every_gemm_route_is_the_same_size_of_product():
-    n = 64
+    n = 256
     torch.manual_seed(0)
     routes = _gemm_routes(torch.device("cpu"), torch.float32, n)
     assert set(routes) == {"mm", "conv1x1"}
     mm = routes["mm"]()
     conv = routes["conv1x1"]()
-    # mm is a @ b; the 1x1 convolution over n pixels computes (a @ b.T) laid out as (1, n, 32, n/32):
-    # both are n x n x n products, so both take 2 n^3 FLOPs.
+    # mm is a @ b; the 1x1 convolution over n pixels (16 images of 8 x n/128) computes (a @ b.T),
+    # one output channel per column: both are n x n x n products, so both take 2 n^3 FLOPs.
     assert mm.shape == (n, n)
-    assert conv.shape == (1, n, 32, n // 32)
+    assert conv.shape == (16, n, 8, n // 128)
     torch.manual_seed(0)
     a = torch.randn(n, n)
     b = torch.randn(n, n)
     torch.testing.assert_close(mm, a @ b)
-    torch.testing.assert_close(conv.reshape(n, n).t(), a @ b.t(), rtol=1e-4, atol=1e-4)
+    pixels_by_channel = conv.transpose(0, 1).reshape(n, n).t()
+    torch.testing.assert_close(pixels_by_channel, a @ b.t(), rtol=1e-4, atol=1e-4)
 
 
 def test_log_every_beyond_the_timed_steps_is_refused(tmp_path, capsys):
