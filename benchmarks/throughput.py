@@ -135,6 +135,14 @@ CONFIGS: tuple[BenchConfig, ...] = (
         "seed",
         ("--amp", "bf16", "--set", "train.matmul_deconv_grads=false"),
     ),
+    # pytorch/examples' 64 px networks at batch 128: their 512 -> 256 layer over 4x4 qualifies too.
+    BenchConfig("dcgan64", "dcgan64", note="64 px, batch 128, fp32"),
+    BenchConfig("dcgan64/amp=bf16", "dcgan64", ("--amp", "bf16")),
+    BenchConfig(
+        "dcgan64/amp=bf16+matmul_deconv_grads=off",
+        "dcgan64",
+        ("--amp", "bf16", "--set", "train.matmul_deconv_grads=false"),
+    ),
     BenchConfig("seed/reuse_memory=off", "seed", ("--set", "train.reuse_memory=false")),
     BenchConfig("default/reuse_memory=off", "default", ("--set", "train.reuse_memory=false")),
     BenchConfig("default/channels_last=false", "default", ("--set", "train.channels_last=false")),
