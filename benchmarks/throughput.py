@@ -128,12 +128,18 @@ CONFIGS: tuple[BenchConfig, ...] = (
         ("--set", "train.cuda_graph=true", "--set", "train.cudnn_benchmark=true"),
     ),
     BenchConfig("default/fused_adam=off", "default", ("--set", "train.fused_adam=off")),
-    # G's wide transposed convs over 4x4 inputs with oneDNN's own bf16 gradient kernels.
+    # G's wide transposed convs over 4x4 inputs with oneDNN's own gradient kernels (bf16; and fp32
+    # where PyTorch runs AVX2 kernels), and the seed networks with the products (off in that preset).
     BenchConfig("default/matmul_deconv_grads=off", "default", ("--set", "train.matmul_deconv_grads=false")),
     BenchConfig(
-        "seed/amp=bf16+matmul_deconv_grads=off",
+        "default/amp=off+matmul_deconv_grads=off",
+        "default",
+        ("--amp", "off", "--set", "train.matmul_deconv_grads=false"),
+    ),
+    BenchConfig(
+        "seed/amp=bf16+matmul_deconv_grads=on",
         "seed",
-        ("--amp", "bf16", "--set", "train.matmul_deconv_grads=false"),
+        ("--amp", "bf16", "--set", "train.matmul_deconv_grads=true"),
     ),
     # pytorch/examples' 64 px networks at batch 128: their 512 -> 256 layer over 4x4 qualifies too.
     BenchConfig("dcgan64", "dcgan64", note="64 px, batch 128, fp32"),

@@ -13,7 +13,7 @@ from test_train_resume import _weights as weights
 from torch import nn
 
 from animegen.cli import main
-from animegen.config import ModelConfig
+from animegen.config import ModelConfig, preset
 from animegen.models import build_models
 from animegen.training import deconv_grad
 from animegen.training.deconv_grad import (
@@ -21,6 +21,7 @@ from animegen.training.deconv_grad import (
     _WeightGradByMatmul,
     use_matmul_weight_grads,
 )
+from animegen.training.device import place_models
 from animegen.training.step import make_loss, train_step
 
 BF16 = dict(device_type="cpu", dtype=torch.bfloat16, cache_enabled=False)
@@ -71,8 +72,48 @@ def test_the_matmul_route_is_taken_only_for_bf16_training_on_a_cpu_over_small_in
         assert type(fast(large).grad_fn).__name__ == "ConvolutionBackward0"
         with torch.no_grad():
             assert fast(small).grad_fn is None
-    # fp32 (the seed preset's bit-exact step) keeps PyTorch's own kernels.
+    # fp32 keeps PyTorch's own kernels unless the layer was swapped in for fp32 too (AVX2 kernels).
     assert type(fast(small).grad_fn).__name__ == "ConvolutionBackward0"
+
+
+def test_fp32_products_run_only_where_swapped_for_them_and_wide_enough(monkeypatch):
+    monkeypatch.setattr(deconv_grad, "MIN_IN_CHANNELS_FP32", 64)
+    fast = MatmulGradConvTranspose2d.replacing(_layer())
+    fast.fp32 = True
+    narrow = MatmulGradConvTranspose2d.replacing(_layer(cin=32))
+    narrow.fp32 = True
+    x = torch.randn(2, 64, 4, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = fast(x)
+    assert type(y.grad_fn).__name__ == "_WeightGradByMatmulBackward" and y.dtype == torch.float32
+    assert type(narrow(torch.randn(2, 32, 4, 4)).grad_fn).__name__ == "ConvolutionBackward0"
+    assert type(fast(torch.randn(2, 64, 8, 8)).grad_fn).__name__ == "ConvolutionBackward0"
+    # In fp32 both gradients are oneDNN's to fp32 rounding.
+    plain = copy.deepcopy(_layer())
+    y0 = plain(x)
+    grad = torch.randn(y0.shape, generator=torch.Generator().manual_seed(2))
+    got = torch.autograd.grad(y, (x, fast.weight), grad)
+    want = torch.autograd.grad(y0, (x, plain.weight), grad)
+    torch.testing.assert_close(y, y0, rtol=0, atol=0)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("capability, fp32", [("AVX2", True), ("AVX512", False)])
+def test_fp32_products_follow_the_kernels_pytorch_runs(monkeypatch, capability, fp32):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    cfg = preset("default")
+    netG, netD = build_models(cfg.model)
+    place_models(netG, netD, cfg.train, torch.device("cpu"))
+    swapped = [m for m in netG.modules() if isinstance(m, MatmulGradConvTranspose2d)]
+    # 1024 -> 512 over 4x4, and 512 -> 256 (over 8x8, so it keeps oneDNN's kernels when it runs)
+    assert [m.in_channels for m in swapped] == [1024, 512]
+    assert [m.uses_products(bf16=False) for m in swapped] == [fp32, False]
+    assert all(m.uses_products(bf16=True) for m in swapped)
+    # The seed preset keeps the tutorial's kernels, so its fp32 step stays the tutorial's bit for bit.
+    seed = preset("seed")
+    netG, netD = build_models(seed.model)
+    place_models(netG, netD, seed.train, torch.device("cpu"))
+    assert not any(isinstance(m, MatmulGradConvTranspose2d) for m in netG.modules())
 
 
 def test_bf16_matmul_gradients_are_as_accurate_as_onednn():
@@ -151,11 +192,19 @@ def test_train_names_matmul_gradients_when_they_run(image_folder, tmp_path, caps
     assert "matmul deconv gradients" not in capsys.readouterr().err
     assert main([*argv, "--run-dir", str(tmp_path / "c"), "--amp", "off"]) == 0
     assert "matmul deconv gradients" not in capsys.readouterr().err
+    # fp32 with AVX2 kernels takes them too, in layers >= MIN_IN_CHANNELS_FP32 wide.
+    monkeypatch.setattr(deconv_grad, "MIN_IN_CHANNELS_FP32", 1)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert main([*argv, "--run-dir", str(tmp_path / "d"), "--amp", "off"]) == 0
+    assert "fp32, channels_last, matmul deconv gradients, fused Adam" in capsys.readouterr().err
 
 
-def test_bf16_resume_with_matmul_gradients_is_bit_identical(image_folder, tmp_path, monkeypatch):
+@pytest.mark.parametrize("amp", ["bf16", "off"])
+def test_resume_with_matmul_gradients_is_bit_identical(image_folder, tmp_path, monkeypatch, amp):
     monkeypatch.setattr(deconv_grad, "MIN_IN_CHANNELS", 1)
-    common = ["--data", str(image_folder), "--seed", "5", "--amp", "bf16", *TINY]
+    monkeypatch.setattr(deconv_grad, "MIN_IN_CHANNELS_FP32", 1)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    common = ["--data", str(image_folder), "--seed", "5", "--amp", amp, *TINY]
     full, part = tmp_path / "full", tmp_path / "part"
     assert main(["train", *common, "--epochs", "2", "--run-dir", str(full)]) == 0
     assert main(["train", *common, "--epochs", "2", "--max-steps", "3", "--run-dir", str(part)]) == 0

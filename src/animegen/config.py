@@ -88,8 +88,8 @@ class TrainConfig:
     # CUDA: cuDNN times its algorithms for each convolution shape once and keeps the fastest
     cudnn_benchmark: bool = False
     channels_last: bool = False
-    # bf16 on a CPU: G's wide transposed convs over <= 4x4 inputs take their gradients as matrix
-    # products (training/deconv_grad.py); fp32 steps and GPUs are untouched
+    # CPU: G's wide transposed convs over <= 4x4 inputs take their gradients as matrix products
+    # (training/deconv_grad.py) in bf16, and in fp32 where PyTorch runs AVX2 kernels; GPUs never
     matmul_deconv_grads: bool = True
     threads: int = 0  # torch intra-op threads on CPU; 0 leaves PyTorch's default
     # CPU: keep a step's freed buffers mapped for the next step (glibc; training/allocator.py)
@@ -202,6 +202,9 @@ def seed_preset() -> Config:
     # bit for bit on a CPU. The fused kernel is the same update in another rounding order and was
     # only 8% faster here once freed memory is reused (2-core CPU, batch 8: x1.63 against x1.50).
     cfg.train.fused_adam = "off"
+    # PyTorch's own convolution kernels: G's gradients as matrix products would be the same
+    # arithmetic in another rounding order on CPUs where they run in fp32 (AVX2 kernels).
+    cfg.train.matmul_deconv_grads = False
     return cfg
 
 

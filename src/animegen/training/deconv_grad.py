@@ -6,8 +6,9 @@ product as unfold + one bf16 matrix multiply took 30-45 ms (x10 at batch 8), abo
 default preset's step (docs/performance.md). Here both gradients are products over the same
 unfolded output gradient, from the same bf16 operands with fp32 accumulation; the forward pass
 stays oneDNN's. For narrow layers (256 -> 128) or inputs from 8x8 up oneDNN was faster, so only
-wide layers over small inputs take this route, and only under bf16 autocast on a CPU: fp32 runs
-(the seed preset's bit-exact step) and GPUs never do.
+wide layers over small inputs take this route, and only on a CPU. In fp32 it pays only with AVX2
+kernels and from 1024 input channels (see fp32_products_pay); the seed preset turns it off, so its
+fp32 step stays the tutorial's bit for bit. GPUs never take it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,18 @@ from torch import nn
 
 MAX_INPUT_PIXELS = 16  # 4x4
 MIN_IN_CHANNELS = 512
+MIN_IN_CHANNELS_FP32 = 1024
+
+
+def fp32_products_pay() -> bool:
+    """Whether fp32 gradient products beat oneDNN's fp32 kernels on this CPU.
+
+    On the 2-core EPYC with every kernel library held to AVX2, G's 1024 -> 512 layer took 324-333
+    against 417-429 ms forward + backward at batch 64 and the fp32 default step 1427-1463 against
+    1505-1557 ms; with AVX-512 kernels the layer tied and the step was ~2% slower. 512 -> 256 lost
+    by x1.7 either way, hence MIN_IN_CHANNELS_FP32.
+    """
+    return torch.backends.cpu.get_cpu_capability() == "AVX2"
 
 
 class _WeightGradByMatmul(torch.autograd.Function):
@@ -80,20 +93,30 @@ class MatmulGradConvTranspose2d(nn.ConvTranspose2d):
         new.train(layer.training)
         return new
 
+    fp32 = False  # whether fp32 steps take the products too (use_matmul_weight_grads sets it)
+
+    def uses_products(self, bf16: bool) -> bool:
+        """Whether a bf16 (or fp32) training step over a small input takes the products here."""
+        return bf16 or (self.fp32 and self.in_channels >= MIN_IN_CHANNELS_FP32)
+
     def _use_matmul(self, x: torch.Tensor) -> bool:
-        return (
+        if not (
             x.device.type == "cpu"
             and x.dim() == 4
             and x.shape[-2] * x.shape[-1] <= MAX_INPUT_PIXELS
             and self.weight.requires_grad
             and torch.is_grad_enabled()
-            and torch.is_autocast_enabled("cpu")
-            and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        )
+        ):
+            return False
+        if torch.is_autocast_enabled("cpu"):
+            return torch.get_autocast_dtype("cpu") == torch.bfloat16
+        return x.dtype == self.weight.dtype == torch.float32 and self.uses_products(bf16=False)
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         if output_size is not None or not self._use_matmul(x):
             return super().forward(x, output_size)
+        if not torch.is_autocast_enabled("cpu"):
+            return _WeightGradByMatmul.apply(x, self.weight, self.stride, self.padding)
         # Cast as autocast would, outside the Function, so the gradients flow back through the casts
         # to the fp32 weight and input.
         return _WeightGradByMatmul.apply(
@@ -101,16 +124,19 @@ class MatmulGradConvTranspose2d(nn.ConvTranspose2d):
         )
 
 
-def use_matmul_weight_grads(net: nn.Module) -> int:
+def use_matmul_weight_grads(net: nn.Module, fp32: bool = False) -> int:
     """Swap every eligible ConvTranspose2d in `net` for the matmul-gradient layer; how many.
 
     Eligible is a layer wide enough to gain (>= MIN_IN_CHANNELS inputs); each forward then checks
-    the rest (a CPU, bf16 autocast, an input of at most MAX_INPUT_PIXELS, gradients wanted).
+    the rest (a CPU, an input of at most MAX_INPUT_PIXELS, gradients wanted, and bf16 autocast, or
+    with `fp32` an fp32 step through >= MIN_IN_CHANNELS_FP32 inputs).
     """
     swapped = 0
     for parent in list(net.modules()):
         for name, child in list(parent.named_children()):
             if MatmulGradConvTranspose2d.eligible(child):
-                parent.register_module(name, MatmulGradConvTranspose2d.replacing(child))
+                layer = MatmulGradConvTranspose2d.replacing(child)
+                layer.fp32 = fp32
+                parent.register_module(name, layer)
                 swapped += 1
     return swapped

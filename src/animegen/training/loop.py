@@ -228,7 +228,10 @@ class Trainer:
             parts.append("fp32")
         if self.channels_last:
             parts.append("channels_last")
-        if self.amp == "bf16" and any(isinstance(m, MatmulGradConvTranspose2d) for m in self.netG.modules()):
+        bf16 = self.amp == "bf16"
+        if any(
+            isinstance(m, MatmulGradConvTranspose2d) and m.uses_products(bf16) for m in self.netG.modules()
+        ):
             parts.append("matmul deconv gradients")
         parts.append("fused Adam" if self.optG.param_groups[0].get("fused") else "unfused Adam")
         if t.compile != "off":
