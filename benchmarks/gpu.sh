@@ -48,10 +48,11 @@ timeout --signal=TERM $((BUDGET * 11 / 20)) $PY "$HERE/benchmarks/throughput.py"
 say "throughput done"
 
 # 2. Where a default-preset step's time goes on the device, eager and graphed: torch.profiler's
-# top ops, and per step the wall time against the time the GPU spent in kernels.
+# top ops split by input shapes (one row per layer), and per step the wall time against the time
+# the GPU spent in kernels.
 for row in default default/cuda_graph; do
   timeout --signal=TERM 50 $PY "$HERE/benchmarks/throughput.py" --data "$DATA" --device "$DEVICE" \
-    --cache-dir "$CACHE" --profile "$row" --profile-steps "$PROFILE_STEPS" 2>&1 | tail -24
+    --cache-dir "$CACHE" --profile "$row" --profile-steps "$PROFILE_STEPS" --by-shape 2>&1 | tail -36
 done
 say "profile done"
 

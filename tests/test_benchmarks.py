@@ -85,6 +85,7 @@ def test_gpu_script_runs_dry_on_a_cpu(tmp_path):
     (row,) = json.loads((out / "throughput.json").read_text())["results"]
     assert row["name"] == "seed/cuda_graph" and row["images_per_s"] > 0, log
     assert "profiled 1 steps of default " in log and "profiled 1 steps of default/cuda_graph" in log
+    assert log.count("Input Shapes") == 2  # one row per layer in both profiles
     for run in ("eager-s0", "graph-s0", "eager-s1", "graph-s1"):
         assert f"{run}: exit 0 (2 evaluations)" in log
     swd_table = (out / "guard.txt").read_text().split("late losses")[0]
