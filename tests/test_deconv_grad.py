@@ -18,7 +18,7 @@ from animegen.models import build_models
 from animegen.training import deconv_grad
 from animegen.training.deconv_grad import (
     MatmulGradConvTranspose2d,
-    _WeightGradByMatmul,
+    _ConvTransposeByMatmul,
     use_matmul_weight_grads,
 )
 from animegen.training.device import place_models
@@ -27,12 +27,15 @@ from animegen.training.step import make_loss, train_step
 BF16 = dict(device_type="cpu", dtype=torch.bfloat16, cache_enabled=False)
 
 
+@pytest.mark.parametrize("matmul_forward", [False, True])
 @pytest.mark.parametrize("channels_last", [True, False])
 @pytest.mark.parametrize(
     "cin, cout, size, kernel, stride, padding",
     [(16, 8, 4, 4, 2, 1), (6, 5, 1, 4, 1, 0), (4, 3, 3, 5, 3, 1), (5, 7, 2, 4, 2, 1)],
 )
-def test_matmul_gradients_equal_conv_transpose2d(channels_last, cin, cout, size, kernel, stride, padding):
+def test_matmul_route_equals_conv_transpose2d(
+    matmul_forward, channels_last, cin, cout, size, kernel, stride, padding
+):
     g = torch.Generator().manual_seed(cin * 100 + size)
     x = torch.randn(3, cin, size, size, dtype=torch.float64, generator=g)
     w = torch.randn(cin, cout, kernel, kernel, dtype=torch.float64, generator=g)
@@ -40,12 +43,16 @@ def test_matmul_gradients_equal_conv_transpose2d(channels_last, cin, cout, size,
         x, w = (t.contiguous(memory_format=torch.channels_last) for t in (x, w))
     x.requires_grad_()
     w.requires_grad_()
-    y = _WeightGradByMatmul.apply(x, w, (stride, stride), (padding, padding))
+    y = _ConvTransposeByMatmul.apply(x, w, (stride, stride), (padding, padding), matmul_forward)
     y0 = F.conv_transpose2d(x, w, None, stride, padding)
     grad = torch.randn(y0.shape, dtype=torch.float64, generator=g)
     got = torch.autograd.grad(y, (x, w), grad)
     want = torch.autograd.grad(y0, (x, w), grad)
-    torch.testing.assert_close(y, y0, rtol=0, atol=0)
+    if matmul_forward:
+        torch.testing.assert_close(y, y0, rtol=1e-12, atol=1e-12)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    else:
+        torch.testing.assert_close(y, y0, rtol=0, atol=0)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     # The weight gradient comes out in a channels_last weight's own layout (no copy to accumulate it).
@@ -55,7 +62,9 @@ def test_matmul_gradients_equal_conv_transpose2d(channels_last, cin, cout, size,
 def test_matmul_gradients_pass_gradcheck():
     x = torch.randn(2, 3, 2, 2, dtype=torch.float64, requires_grad=True)
     w = torch.randn(3, 2, 4, 4, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, w: _WeightGradByMatmul.apply(x, w, (2, 2), (1, 1)), (x, w))
+    for matmul_forward in (False, True):
+        route = lambda x, w: _ConvTransposeByMatmul.apply(x, w, (2, 2), (1, 1), matmul_forward)  # noqa: E731, B023
+        assert torch.autograd.gradcheck(route, (x, w))
 
 
 def _layer(cin: int = 64, cout: int = 32) -> nn.ConvTranspose2d:
@@ -68,7 +77,7 @@ def test_the_matmul_route_is_taken_only_for_bf16_training_on_a_cpu_over_small_in
     small = torch.randn(2, 64, 4, 4).contiguous(memory_format=torch.channels_last)
     large = torch.randn(2, 64, 8, 8).contiguous(memory_format=torch.channels_last)
     with torch.autocast(**BF16):
-        assert type(fast(small).grad_fn).__name__ == "_WeightGradByMatmulBackward"
+        assert type(fast(small).grad_fn).__name__ == "_ConvTransposeByMatmulBackward"
         assert type(fast(large).grad_fn).__name__ == "ConvolutionBackward0"
         with torch.no_grad():
             assert fast(small).grad_fn is None
@@ -84,16 +93,17 @@ def test_fp32_products_run_only_where_swapped_for_them_and_wide_enough(monkeypat
     narrow.fp32 = True
     x = torch.randn(2, 64, 4, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
     y = fast(x)
-    assert type(y.grad_fn).__name__ == "_WeightGradByMatmulBackward" and y.dtype == torch.float32
+    assert type(y.grad_fn).__name__ == "_ConvTransposeByMatmulBackward" and y.dtype == torch.float32
     assert type(narrow(torch.randn(2, 32, 4, 4)).grad_fn).__name__ == "ConvolutionBackward0"
     assert type(fast(torch.randn(2, 64, 8, 8)).grad_fn).__name__ == "ConvolutionBackward0"
-    # In fp32 both gradients are oneDNN's to fp32 rounding.
+    # In fp32 the output (a product too) and both gradients are oneDNN's to fp32 rounding.
     plain = copy.deepcopy(_layer())
     y0 = plain(x)
     grad = torch.randn(y0.shape, generator=torch.Generator().manual_seed(2))
     got = torch.autograd.grad(y, (x, fast.weight), grad)
     want = torch.autograd.grad(y0, (x, plain.weight), grad)
-    torch.testing.assert_close(y, y0, rtol=0, atol=0)
+    torch.testing.assert_close(y, y0, rtol=1e-4, atol=1e-6)
+    assert not torch.equal(y, y0)  # the forward really was the product, not oneDNN's kernel
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 

@@ -1,14 +1,15 @@
-"""G's wide transposed convolutions with their gradients as matrix products (bf16, CPU).
+"""G's wide transposed convolutions with their gradients as matrix products (CPU).
 
 oneDNN's bf16 weight-gradient kernel for a transposed convolution over a 4x4 input is slow: for
 G's 1024 -> 512 layer at batch 64 it took 115-118 ms on the 2-core AVX-512 CPU where the same
 product as unfold + one bf16 matrix multiply took 30-45 ms (x10 at batch 8), about a fifth of the
 default preset's step (docs/performance.md). Here both gradients are products over the same
 unfolded output gradient, from the same bf16 operands with fp32 accumulation; the forward pass
-stays oneDNN's. For narrow layers (256 -> 128) or inputs from 8x8 up oneDNN was faster, so only
-wide layers over small inputs take this route, and only on a CPU. In fp32 it pays only with AVX2
-kernels and from 1024 input channels (see fp32_products_pay); the seed preset turns it off, so its
-fp32 step stays the tutorial's bit for bit. GPUs never take it.
+stays oneDNN's in bf16 (as products it would round each product to bf16 before their sum). For
+narrow layers (256 -> 128) or inputs from 8x8 up oneDNN was faster, so only wide layers over small
+inputs take this route, and only on a CPU. In fp32 it pays only with AVX2 kernels and from 1024
+input channels (see fp32_products_pay), and there the forward is a product too; the seed preset
+turns the route off, so its fp32 step stays the tutorial's bit for bit. GPUs never take it.
 """
 
 from __future__ import annotations
@@ -23,23 +24,43 @@ MIN_IN_CHANNELS_FP32 = 1024
 
 
 def fp32_products_pay() -> bool:
-    """Whether fp32 gradient products beat oneDNN's fp32 kernels on this CPU.
+    """Whether fp32 products beat oneDNN's fp32 kernels on this CPU.
 
-    On the 2-core EPYC with every kernel library held to AVX2, G's 1024 -> 512 layer took 324-333
-    against 417-429 ms forward + backward at batch 64 and the fp32 default step 1427-1463 against
-    1505-1557 ms; with AVX-512 kernels the layer tied and the step was ~2% slower. 512 -> 256 lost
-    by x1.7 either way, hence MIN_IN_CHANNELS_FP32.
+    On the 2-core EPYC with every kernel library held to AVX2, G's 1024 -> 512 layer at batch 64
+    took 97 against 150 ms forward and 324-333 against 417-429 ms forward (oneDNN's) + backward;
+    with AVX-512 kernels oneDNN's forward was 2.2x faster (41 against 92 ms), the backward tied and
+    the default step was ~2% slower. 512 -> 256 lost by x1.7 either way, hence MIN_IN_CHANNELS_FP32.
     """
     return torch.backends.cpu.get_cpu_capability() == "AVX2"
 
 
-class _WeightGradByMatmul(torch.autograd.Function):
-    """conv_transpose2d (no bias, groups, dilation or output padding) with both gradients as matmuls."""
+def _conv_transpose_by_matmul(x: torch.Tensor, w: torch.Tensor, stride, padding) -> torch.Tensor:  # noqa: ANN001
+    """conv_transpose2d as one product (every input pixel times the whole kernel) and an overlap-add
+    of each pixel's kh x kw patch at its place in the output; channels_last in and out."""
+    batch, cin, h, wd = x.shape
+    cout, kh, kw = w.shape[1:]
+    (sh, sw), (ph, pw) = stride, padding
+    patches = x.permute(0, 2, 3, 1).reshape(-1, cin) @ w.permute(0, 2, 3, 1).reshape(cin, -1)
+    patches = patches.view(batch, h, wd, kh, kw, cout)
+    full = patches.new_zeros(batch, (h - 1) * sh + kh, (wd - 1) * sw + kw, cout)
+    for ky in range(kh):
+        rows = slice(ky, ky + sh * (h - 1) + 1, sh)
+        for kx in range(kw):
+            full[:, rows, kx : kx + sw * (wd - 1) + 1 : sw] += patches[:, :, :, ky, kx]
+    out = full[:, ph : full.shape[1] - ph, pw : full.shape[2] - pw].permute(0, 3, 1, 2)
+    return out.contiguous(memory_format=torch.channels_last)
+
+
+class _ConvTransposeByMatmul(torch.autograd.Function):
+    """conv_transpose2d (no bias, groups, dilation or output padding) with both gradients as matmuls,
+    and with `matmul_forward` the output too."""
 
     @staticmethod
-    def forward(ctx, x, w, stride, padding):  # noqa: ANN001, ANN205 - autograd.Function signature
+    def forward(ctx, x, w, stride, padding, matmul_forward):  # noqa: ANN001, ANN205 - autograd.Function signature
         ctx.save_for_backward(x, w)
         ctx.stride, ctx.padding = stride, padding
+        if matmul_forward:
+            return _conv_transpose_by_matmul(x, w, stride, padding)
         return F.conv_transpose2d(x, w, None, stride, padding)
 
     @staticmethod
@@ -59,11 +80,12 @@ class _WeightGradByMatmul(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             rows = x.permute(0, 2, 3, 1).reshape(-1, cin)  # a view for channels_last input
             gw = (rows.t() @ cols).view(cin, kh, kw, cout).permute(0, 3, 1, 2)
-        return gx, gw, None, None
+        return gx, gw, None, None, None
 
 
 class MatmulGradConvTranspose2d(nn.ConvTranspose2d):
-    """The same layer, parameters and forward; the gradients by matmul where that is faster."""
+    """The same layer and parameters; its gradients (and in fp32 its output) by matmul where that is
+    faster."""
 
     @classmethod
     def eligible(cls, layer: nn.Module) -> bool:
@@ -116,11 +138,11 @@ class MatmulGradConvTranspose2d(nn.ConvTranspose2d):
         if output_size is not None or not self._use_matmul(x):
             return super().forward(x, output_size)
         if not torch.is_autocast_enabled("cpu"):
-            return _WeightGradByMatmul.apply(x, self.weight, self.stride, self.padding)
+            return _ConvTransposeByMatmul.apply(x, self.weight, self.stride, self.padding, True)
         # Cast as autocast would, outside the Function, so the gradients flow back through the casts
         # to the fp32 weight and input.
-        return _WeightGradByMatmul.apply(
-            x.to(torch.bfloat16), self.weight.to(torch.bfloat16), self.stride, self.padding
+        return _ConvTransposeByMatmul.apply(
+            x.to(torch.bfloat16), self.weight.to(torch.bfloat16), self.stride, self.padding, False
         )
 
 
