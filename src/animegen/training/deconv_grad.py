@@ -34,7 +34,9 @@ def fp32_products_pay() -> bool:
     return torch.backends.cpu.get_cpu_capability() == "AVX2"
 
 
-def _conv_transpose_by_matmul(x: torch.Tensor, w: torch.Tensor, stride, padding) -> torch.Tensor:  # noqa: ANN001
+def _conv_transpose_by_matmul(
+    x: torch.Tensor, w: torch.Tensor, stride: tuple[int, int], padding: tuple[int, int]
+) -> torch.Tensor:
     """conv_transpose2d as one product (every input pixel times the whole kernel) and an overlap-add
     of each pixel's kh x kw patch at its place in the output; channels_last in and out."""
     batch, cin, h, wd = x.shape
@@ -87,6 +89,8 @@ class MatmulGradConvTranspose2d(nn.ConvTranspose2d):
     """The same layer and parameters; its gradients (and in fp32 its output) by matmul where that is
     faster."""
 
+    fp32 = False  # whether fp32 steps take the products too (use_matmul_weight_grads sets it)
+
     @classmethod
     def eligible(cls, layer: nn.Module) -> bool:
         return (
@@ -114,8 +118,6 @@ class MatmulGradConvTranspose2d(nn.ConvTranspose2d):
         new.weight = layer.weight
         new.train(layer.training)
         return new
-
-    fp32 = False  # whether fp32 steps take the products too (use_matmul_weight_grads sets it)
 
     def uses_products(self, bf16: bool) -> bool:
         """Whether a bf16 (or fp32) training step over a small input takes the products here."""
