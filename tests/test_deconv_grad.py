@@ -19,7 +19,7 @@ from animegen.training import deconv_grad
 from animegen.training.deconv_grad import (
     MatmulGradConvTranspose2d,
     _ConvTransposeByMatmul,
-    use_matmul_weight_grads,
+    swap_in_matmul_layers,
 )
 from animegen.training.device import place_models
 from animegen.training.step import make_loss, train_step
@@ -104,6 +104,8 @@ def test_fp32_products_run_only_where_swapped_for_them_and_wide_enough(monkeypat
     want = torch.autograd.grad(y0, (x, plain.weight), grad)
     torch.testing.assert_close(y, y0, rtol=1e-4, atol=1e-6)
     assert not torch.equal(y, y0)  # the forward really was the product, not oneDNN's kernel
+    with torch.no_grad():  # sampling draws through the product as well
+        torch.testing.assert_close(fast(x), y.detach(), rtol=0, atol=0)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
@@ -159,7 +161,7 @@ def test_swap_shares_parameters_and_keeps_checkpoint_keys_and_outputs(monkeypatc
     plain = copy.deepcopy(netG)
     params = [id(p) for p in netG.parameters()]
     # G is 100 -> 256 -> 128 -> 64 -> 3: the two layers with >= 128 input channels after the first
-    assert use_matmul_weight_grads(netG) == 2
+    assert swap_in_matmul_layers(netG) == 2
     assert [type(b[0]) is MatmulGradConvTranspose2d for b in netG.children()] == [False, True, True, False]
     assert [id(p) for p in netG.parameters()] == params
     assert list(netG.state_dict()) == list(plain.state_dict())
@@ -176,7 +178,7 @@ def test_bf16_training_losses_track_the_plain_layers(monkeypatch):
         torch.manual_seed(0)
         netG, netD = build_models(cfg)
         if swap:
-            use_matmul_weight_grads(netG)
+            swap_in_matmul_layers(netG)
         optG = torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999))
         optD = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))
         g = torch.Generator().manual_seed(1)

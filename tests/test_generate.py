@@ -11,6 +11,7 @@ from animegen.config import ModelConfig
 from animegen.errors import CheckpointError
 from animegen.generate import CHUNK, DEFAULT_BN_MODE, bn_mode_context, slerp, write_files
 from animegen.models import Generator
+from animegen.training import deconv_grad
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +140,23 @@ def test_export_gets_the_plain_layout_and_sampling_channels_last(run_dir):
     plain = next(p for p in load_generator(run_dir, channels_last=False).net.parameters() if p.dim() == 4)
     assert fast.is_contiguous(memory_format=torch.channels_last) and not fast.is_contiguous()
     assert plain.is_contiguous()
+
+
+@pytest.mark.parametrize("capability", ["AVX2", "AVX512"])
+def test_sampling_draws_the_widest_layers_as_products_only_on_avx2_kernels(run_dir, monkeypatch, capability):
+    # A tiny G has no 1024-wide layer: let every transposed convolution over <= 4x4 qualify.
+    monkeypatch.setattr(deconv_grad, "MIN_IN_CHANNELS", 1)
+    monkeypatch.setattr(deconv_grad, "MIN_IN_CHANNELS_FP32", 1)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    gen = load_generator(run_dir)
+    swapped = [m for m in gen.net.modules() if isinstance(m, deconv_grad.MatmulGradConvTranspose2d)]
+    assert bool(swapped) is (capability == "AVX2")
+    exported = load_generator(run_dir, channels_last=False).net
+    assert not any(isinstance(m, deconv_grad.MatmulGradConvTranspose2d) for m in exported.modules())
+    assert list(gen.net.state_dict()) == list(exported.state_dict())
+    z = gen.noise(8, seed=3).reshape(8, -1, 1, 1)
+    with torch.no_grad():  # eval-mode G, its raw output rather than uint8 pixels
+        faces, plain = gen.net(z), exported(z)
+    torch.testing.assert_close(faces, plain, rtol=1e-4, atol=1e-5)
+    if swapped:  # the products really drew the faces: the last bits differ from oneDNN's
+        assert not torch.equal(faces, plain)

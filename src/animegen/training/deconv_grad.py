@@ -89,7 +89,7 @@ class MatmulGradConvTranspose2d(nn.ConvTranspose2d):
     """The same layer and parameters; its gradients (and in fp32 its output) by matmul where that is
     faster."""
 
-    fp32 = False  # whether fp32 steps take the products too (use_matmul_weight_grads sets it)
+    fp32 = False  # whether fp32 passes take the products too (swap_in_matmul_layers sets it)
 
     @classmethod
     def eligible(cls, layer: nn.Module) -> bool:
@@ -120,40 +120,40 @@ class MatmulGradConvTranspose2d(nn.ConvTranspose2d):
         return new
 
     def uses_products(self, bf16: bool) -> bool:
-        """Whether a bf16 (or fp32) training step over a small input takes the products here."""
+        """Whether a bf16 training step (or any fp32 pass) over a small input takes the products here."""
         return bf16 or (self.fp32 and self.in_channels >= MIN_IN_CHANNELS_FP32)
 
-    def _use_matmul(self, x: torch.Tensor) -> bool:
-        if not (
-            x.device.type == "cpu"
-            and x.dim() == 4
-            and x.shape[-2] * x.shape[-1] <= MAX_INPUT_PIXELS
-            and self.weight.requires_grad
-            and torch.is_grad_enabled()
-        ):
-            return False
+    def _route(self, x: torch.Tensor) -> str | None:
+        """ "bf16" (products for the gradients), "fp32" (products throughout) or None (PyTorch's)."""
+        if not (x.device.type == "cpu" and x.dim() == 4 and x.shape[-2] * x.shape[-1] <= MAX_INPUT_PIXELS):
+            return None
         if torch.is_autocast_enabled("cpu"):
-            return torch.get_autocast_dtype("cpu") == torch.bfloat16
-        return x.dtype == self.weight.dtype == torch.float32 and self.uses_products(bf16=False)
+            # In bf16 only the gradients gain, so sampling keeps oneDNN's forward.
+            training = self.weight.requires_grad and torch.is_grad_enabled()
+            return "bf16" if training and torch.get_autocast_dtype("cpu") == torch.bfloat16 else None
+        if x.dtype == self.weight.dtype == torch.float32 and self.uses_products(bf16=False):
+            return "fp32"
+        return None
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
-        if output_size is not None or not self._use_matmul(x):
-            return super().forward(x, output_size)
-        if not torch.is_autocast_enabled("cpu"):
+        route = None if output_size is not None else self._route(x)
+        if route == "fp32":
             return _ConvTransposeByMatmul.apply(x, self.weight, self.stride, self.padding, True)
-        # Cast as autocast would, outside the Function, so the gradients flow back through the casts
-        # to the fp32 weight and input.
-        return _ConvTransposeByMatmul.apply(
-            x.to(torch.bfloat16), self.weight.to(torch.bfloat16), self.stride, self.padding, False
-        )
+        if route == "bf16":
+            # Cast as autocast would, outside the Function, so the gradients flow back through the
+            # casts to the fp32 weight and input.
+            return _ConvTransposeByMatmul.apply(
+                x.to(torch.bfloat16), self.weight.to(torch.bfloat16), self.stride, self.padding, False
+            )
+        return super().forward(x, output_size)
 
 
-def use_matmul_weight_grads(net: nn.Module, fp32: bool = False) -> int:
-    """Swap every eligible ConvTranspose2d in `net` for the matmul-gradient layer; how many.
+def swap_in_matmul_layers(net: nn.Module, fp32: bool = False) -> int:
+    """Swap every eligible ConvTranspose2d in `net` for the matmul layer; how many.
 
     Eligible is a layer wide enough to gain (>= MIN_IN_CHANNELS inputs); each forward then checks
-    the rest (a CPU, an input of at most MAX_INPUT_PIXELS, gradients wanted, and bf16 autocast, or
-    with `fp32` an fp32 step through >= MIN_IN_CHANNELS_FP32 inputs).
+    the rest (a CPU, an input of at most MAX_INPUT_PIXELS, and a bf16 training step, or with `fp32`
+    any fp32 pass, sampling included, through >= MIN_IN_CHANNELS_FP32 inputs).
     """
     swapped = 0
     for parent in list(net.modules()):

@@ -13,7 +13,7 @@ import torch
 from animegen.config import OptimConfig, TrainConfig
 from animegen.errors import UserError
 from animegen.training import allocator
-from animegen.training.deconv_grad import fp32_products_pay, use_matmul_weight_grads
+from animegen.training.deconv_grad import fp32_products_pay, swap_in_matmul_layers
 
 
 def resolve_device(name: str) -> torch.device:
@@ -94,7 +94,7 @@ def place_models(netG: torch.nn.Module, netD: torch.nn.Module, t: TrainConfig, d
     """Put both networks on the run's device in its layout, with G's matmul-gradient layers where
     they apply (CPU); whether the run is channels_last. The trainer and the benchmarks both call it."""
     if t.matmul_deconv_grads and device.type == "cpu":
-        use_matmul_weight_grads(netG, fp32=fp32_products_pay())
+        swap_in_matmul_layers(netG, fp32=fp32_products_pay())
     netG.to(device)
     netD.to(device)
     channels_last = use_channels_last(t, device)
