@@ -174,9 +174,10 @@ def test_amp_auto_follows_native_bf16(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True})
     assert resolve_amp("auto", cpu) == "bf16"
     assert resolve_amp("off", cpu) == "off"
-    # The tutorial's arithmetic stays fp32; the default preset leaves the choice to "auto".
+    # The tutorial's arithmetic stays fp32; the default and demo presets leave the choice to "auto".
     assert build_config("seed").train.amp == "off"
     assert build_config("default").train.amp == "auto"
+    assert build_config("demo").train.amp == "auto"
     # On a GPU bf16 measured no faster at batch 64 and scored worse: "auto" keeps fp32 there.
     assert resolve_amp("auto", torch.device("cuda")) == "off"
     assert resolve_amp("bf16", torch.device("cuda")) == "bf16"
