@@ -1,4 +1,5 @@
-"""G's wide transposed convolutions with their gradients as matrix products (CPU).
+"""G's wide transposed convolutions as matrix products on a CPU: their gradients under bf16, the
+whole layer (sampling too) in fp32 where PyTorch runs AVX2 kernels.
 
 oneDNN's bf16 weight-gradient kernel for a transposed convolution over a 4x4 input is slow: for
 G's 1024 -> 512 layer at batch 64 it took 115-118 ms on the 2-core AVX-512 CPU where the same
