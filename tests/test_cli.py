@@ -18,7 +18,19 @@ def test_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])
     assert e.value.code == 0
-    assert "example" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "example" in out
+    # Unset flags defer to the preset or config file; "(default: None)" would misstate that.
+    assert "default: None" not in out and "default: False" not in out
+
+
+def test_train_help_names_every_preset(capsys):
+    from animegen.config import PRESETS
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert ", ".join(PRESETS) in out
 
 
 def test_version_and_module_entry():

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from animegen import __version__, export, serve
-from animegen.config import AMP_MODES, COMPILE_MODES
+from animegen.config import AMP_MODES, COMPILE_MODES, PRESETS
 from animegen.errors import UserError
 from animegen.helpformat import HelpFormatter
 
@@ -28,7 +28,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data", metavar="DIR", help="folder of images, searched recursively (default: built-in demo faces)"
     )
-    p.add_argument("--preset", help="seed, default, demo or dcgan64 (default: default, or the config file's)")
+    p.add_argument("--preset", help=f"{', '.join(PRESETS)} (default: default, or the config file's)")
     p.add_argument(
         "--config", metavar="FILE", help="YAML or TOML file with [model] [data] [optim] [train] sections"
     )
