@@ -72,6 +72,21 @@ def test_empty_folder(tmp_path, capsys):
     assert "empty" in err and "no image files found" in err
 
 
+def test_a_run_that_never_starts_leaves_no_run_dir(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    for _ in range(2):  # else each retry would make runs/default, runs/default-2, ...
+        assert main(["train", "--data", "empty", "--quiet"]) == 2
+        assert main(["train", "--data", "nowhere", "--quiet", "--run-dir", "a/b/run"]) == 2
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "a").exists()
+    # A run dir that was there before is the user's: kept, with whatever it held.
+    kept = tmp_path / "mine"
+    (kept / "checkpoints").mkdir(parents=True)
+    assert main(["train", "--data", "empty", "--quiet", "--run-dir", "mine"]) == 2
+    assert (kept / "checkpoints").is_dir() and not (kept / "samples").exists()
+    capsys.readouterr()
+
+
 def test_garbage_checkpoint(tmp_path, capsys):
     bad = tmp_path / "ckpt.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")

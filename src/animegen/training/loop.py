@@ -165,22 +165,20 @@ class Trainer:
     # ---- setup ----------------------------------------------------------------------------------
 
     def prepare(self) -> None:
+        made: list[Path] = []
+        try:
+            if self.dist.is_main:
+                self._check_run_dir(made)
+            train_rows, held_rows = self._load_data()
+        except BaseException:
+            # A run that never started (no such folder, no usable image, Ctrl-C while decoding)
+            # leaves no empty run dir behind, which the next run would skip to runs/<name>-2.
+            for d in reversed(made):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+            raise
         if self.dist.is_main:
-            self._check_run_dir()
             self.monitor = Monitor(self.run_dir, tensorboard=self.cfg.train.tensorboard)
-            self.images = load_images(self.cfg, progress=self.reporter.decode_progress)
-        # The other ranks wait for rank 0 to fill the cache, then read it.
-        distributed.barrier(self.dist)
-        if not self.dist.is_main:
-            self.images = load_images(self.cfg)
-        self.reporter.data_summary(self.images)
-        train_rows, held_rows = holdout_split(len(self.images), self.cfg.data.holdout)
-        if len(train_rows) < self.cfg.train.batch_size:
-            held = f" after holding out {len(held_rows)}" if len(held_rows) else ""
-            raise UserError(
-                f"{self.images.source}: {len(train_rows)} usable images{held}, fewer than one batch of "
-                f"{self.cfg.train.batch_size} (lower --batch-size)"
-            )
         if len(held_rows):
             self.reporter.info(
                 f"holding out {len(held_rows)} of {len(self.images)} images for evaluation (never trained on)"
@@ -207,6 +205,24 @@ class Trainer:
         if self.dist.is_main:
             (self.run_dir / "config.json").write_text(self.cfg.to_json() + "\n")
             self.reporter.info(self.describe_setup())
+
+    def _load_data(self) -> tuple[np.ndarray, np.ndarray]:
+        """Decode (or read the cache of) the folder; the rows to train on and the rows held out."""
+        if self.dist.is_main:
+            self.images = load_images(self.cfg, progress=self.reporter.decode_progress)
+        # The other ranks wait for rank 0 to fill the cache, then read it.
+        distributed.barrier(self.dist)
+        if not self.dist.is_main:
+            self.images = load_images(self.cfg)
+        self.reporter.data_summary(self.images)
+        train_rows, held_rows = holdout_split(len(self.images), self.cfg.data.holdout)
+        if len(train_rows) < self.cfg.train.batch_size:
+            held = f" after holding out {len(held_rows)}" if len(held_rows) else ""
+            raise UserError(
+                f"{self.images.source}: {len(train_rows)} usable images{held}, fewer than one batch of "
+                f"{self.cfg.train.batch_size} (lower --batch-size)"
+            )
+        return train_rows, held_rows
 
     def describe_setup(self) -> str:
         """One line naming the device and every speed setting in force, so a user sees what runs."""
@@ -246,11 +262,13 @@ class Trainer:
             parts.append("freed memory kept")
         return f"device: {device}; " + ", ".join(parts)
 
-    def _check_run_dir(self) -> None:
-        """Fail before any training if the run dir can't take a checkpoint."""
+    def _check_run_dir(self, made: list[Path]) -> None:
+        """Fail before any training if the run dir can't take a checkpoint. Appends the dirs it makes."""
         try:
-            for d in (self.run_dir, self.ckpt_dir, self.samples_dir):
-                d.mkdir(parents=True, exist_ok=True)
+            for d in (*reversed(self.run_dir.parents), self.run_dir, self.ckpt_dir, self.samples_dir):
+                if not d.exists():
+                    d.mkdir()
+                    made.append(d)
             probe = self.run_dir / f".write-probe-{os.getpid()}"
             probe.write_bytes(b"ok")
             probe.unlink()
