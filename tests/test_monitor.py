@@ -46,3 +46,11 @@ def test_tensorboard_plot_and_runs_table(image_folder, tmp_path, capsys):
 def test_runs_on_empty_folder(tmp_path, capsys):
     assert main(["runs", str(tmp_path)]) == 0
     assert "no runs" in capsys.readouterr().out
+
+
+def test_runs_on_a_missing_folder(tmp_path, monkeypatch, capsys):
+    assert main(["runs", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere: no such file or directory" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)  # no runs/ yet: the bare command lists nothing, without error
+    assert main(["runs"]) == 0
+    assert "no runs under runs" in capsys.readouterr().out

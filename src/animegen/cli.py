@@ -395,6 +395,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _runs(args: argparse.Namespace) -> int:
     from animegen.runs import print_runs
 
+    if args.root is None:  # a fresh folder has no runs/ yet: nothing to list, not an error
+        return print_runs("runs")
+    if not Path(args.root).exists():
+        raise UserError(f"{args.root}: no such file or directory")
     return print_runs(args.root)
 
 
@@ -551,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
         epilog="example:\n  animegen runs runs/",
     )
-    p.add_argument("root", nargs="?", default="runs", metavar="DIR")
+    p.add_argument("root", nargs="?", metavar="DIR", help="a run dir or a folder of them (default: runs)")
     p.set_defaults(func=_runs)
     export.add_parser(sub)
     serve.add_parser(sub)
