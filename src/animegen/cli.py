@@ -493,11 +493,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=60, help="frames in the loop")
     p.add_argument("--keyframes", type=int, default=4, help="random latents the walk passes through")
     p.add_argument("--out", default="walk.gif", help=".gif (Pillow) or .mp4 (needs imageio-ffmpeg)")
-    p.add_argument("--fps", type=int, default=15)
+    p.add_argument("--fps", type=int, default=15, help="frames per second")
     p.add_argument("--scale", type=int, default=1, help="enlarge frames by this integer factor")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bn", choices=export.BN_MODES, default=export.DEFAULT_BN_MODE)
-    p.add_argument("--device")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same walk")
+    p.add_argument(
+        "--bn",
+        choices=export.BN_MODES,
+        default=export.DEFAULT_BN_MODE,
+        help="BatchNorm statistics at sampling time (see README)",
+    )
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=_interpolate)
     p = sub.add_parser(
         "evaluate",
@@ -528,10 +533,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="write generated faces beside their K nearest real faces (Inception space)",
     )
-    p.add_argument("--nearest-out", default="nearest.png", metavar="PNG")
+    p.add_argument("--nearest-out", default="nearest.png", metavar="PNG", help="where --nearest writes")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bn", choices=export.BN_MODES, default=export.DEFAULT_BN_MODE)
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated faces")
+    p.add_argument(
+        "--bn",
+        choices=export.BN_MODES,
+        default=export.DEFAULT_BN_MODE,
+        help="BatchNorm statistics at sampling time (see README)",
+    )
     p.add_argument(
         "--no-ema",
         action="store_true",
@@ -544,9 +554,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FRACTION",
         help="compare against the part that training's --holdout FRACTION kept out (same --limit)",
     )
-    p.add_argument("--cache-dir", metavar="DIR")
-    p.add_argument("--device")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--cache-dir", metavar="DIR", help="where decoded images are cached (default ~/.cache/animegen)"
+    )
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--quiet", action="store_true", help="only the results, warnings and errors")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser(
