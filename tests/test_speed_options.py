@@ -14,7 +14,7 @@ from animegen.data.batches import BatchFeeder, upload
 from animegen.errors import UserError
 from animegen.models import build_models
 from animegen.training.device import make_optimizers, use_channels_last, use_cudnn_benchmark
-from animegen.training.ema import GeneratorEMA
+from animegen.training.ema import GeneratorEMA, calibrate_bn
 from animegen.training.step import cpu_has_native_bf16, make_loss, resolve_amp, train_step
 
 CFG = ModelConfig(arch="seed", image_size=32, width=0.25)
@@ -188,7 +188,7 @@ def test_generator_ema_matches_torch_averaged_model():
 
     netG, *_ = _setup()
     ours = GeneratorEMA(netG, 0.9, warmup=False)
-    theirs = AveragedModel(netG, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    theirs = AveragedModel(netG, multi_avg_fn=get_ema_multi_avg_fn(0.9))
     real, noise = _batch()
     for _ in range(4):
         with torch.no_grad():
@@ -198,12 +198,41 @@ def test_generator_ema_matches_torch_averaged_model():
         ours.update_parameters(netG)
         theirs.update_parameters(netG)
     assert int(ours.n_averaged) == 4
-    mine = ours.module.state_dict()
-    for k, v in theirs.module.state_dict().items():
-        if v.is_floating_point():
-            torch.testing.assert_close(mine[k], v, rtol=0, atol=1e-7)
+    for a, b in zip(ours.module.parameters(), theirs.module.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
     # the average is not simply the current weights
+    mine = ours.module.state_dict()
     assert not torch.equal(mine["layer1.0.weight"], netG.state_dict()["layer1.0.weight"])
+    # G's running statistics are not averaged in: they fit G's weights, not the average's
+    assert torch.equal(mine["layer1.1.running_mean"], torch.zeros_like(mine["layer1.1.running_mean"]))
+
+
+def test_calibrated_bn_statistics_are_those_of_the_averaged_generator():
+    netG, *_ = _setup()
+    ema = GeneratorEMA(netG, 0.5, warmup=False)
+    noise = torch.randn(48, netG.z_dim, 1, 1)
+    for _ in range(3):
+        with torch.no_grad():
+            for p in netG.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+            netG(noise * 3)  # G's running statistics drift far from anything the average produces
+        ema.update_parameters(netG)
+    calibrate_bn(ema.module, noise, batch=16)
+    bn = ema.module.layer1[1]
+    with torch.no_grad():
+        h = ema.module.layer1[0](noise)  # the first BatchNorm's input
+    per_batch_mean = torch.stack([c.mean(dim=(0, 2, 3)) for c in h.split(16)]).mean(0)
+    torch.testing.assert_close(bn.running_mean, per_batch_mean, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(bn.running_mean, netG.layer1[1].running_mean, atol=1e-3)
+    assert ema.module.training  # update_bn restores the mode it found
+    # Eval mode now draws what batch statistics over the same noise draw, up to the variance's
+    # per-batch average.
+    with torch.no_grad():
+        ema.module.eval()
+        a = ema.module(noise)
+        ema.module.train()
+        b = torch.cat([ema.module(c) for c in noise.split(16)])
+    assert (a - b).abs().mean() < 0.05
 
 
 def test_ema_warmup_follows_the_generator_early():

