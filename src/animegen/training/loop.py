@@ -63,9 +63,10 @@ def seed_everything(seed: int) -> None:
 BN_CALIBRATION_COUNT = 512
 
 
-def fixed_noise(count: int, z_dim: int, seed: int) -> torch.Tensor:
-    """The noise behind every epoch's sample grid: drawn on the CPU so it is the same on any device."""
-    g = torch.Generator().manual_seed(derived_seed(seed, 3))
+def fixed_noise(count: int, z_dim: int, seed: int, stream: int = 3) -> torch.Tensor:
+    """The noise behind every epoch's sample grid (stream 3): drawn on the CPU so it is the same on
+    any device."""
+    g = torch.Generator().manual_seed(derived_seed(seed, stream))
     return torch.randn(count, z_dim, 1, 1, generator=g)
 
 
@@ -144,13 +145,9 @@ class Trainer:
         self.augment = parse_policy(o.augment)
         self.ema = GeneratorEMA(self.netG, o.ema) if o.ema else None
         # The EMA generator's BatchNorm statistics are measured on these (training/ema.py).
-        self.bn_noise = torch.randn(
-            BN_CALIBRATION_COUNT,
-            cfg.model.z_dim,
-            1,
-            1,
-            generator=torch.Generator().manual_seed(derived_seed(cfg.train.seed, 6)),
-        ).to(self.device)
+        if self.ema is not None:
+            z = fixed_noise(BN_CALIBRATION_COUNT, cfg.model.z_dim, cfg.train.seed, stream=6)
+            self.bn_noise = z.to(self.device)
         self._bn_calibrated_at = -1  # the EMA update count the statistics were measured at
         self.graphed = GraphedStep(self._plain_step, self.device) if cfg.train.cuda_graph else None
         self.fixed_noise = fixed_noise(cfg.train.sample_count, cfg.model.z_dim, cfg.train.seed).to(
