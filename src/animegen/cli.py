@@ -24,6 +24,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"animegen: error: {message} (see {self.prog} --help)\n")
 
 
+def _add_bn_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--bn",
+        choices=export.BN_MODES,
+        default=export.DEFAULT_BN_MODE,
+        help="BatchNorm statistics at sampling time (see README)",
+    )
+
+
+def _add_device_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+
+
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data", metavar="DIR", help="folder of images, searched recursively (default: built-in demo faces)"
@@ -47,7 +60,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--hflip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips"
     )
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    _add_device_flag(p)
     p.add_argument(
         "--amp",
         choices=AMP_MODES,
@@ -474,13 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(needs a training checkpoint)",
     )
     p.add_argument("--seed", type=int, default=0, help="same seed, same faces")
-    p.add_argument(
-        "--bn",
-        choices=export.BN_MODES,
-        default=export.DEFAULT_BN_MODE,
-        help="BatchNorm statistics at sampling time (see README)",
-    )
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    _add_bn_flag(p)
+    _add_device_flag(p)
     p.set_defaults(func=_generate)
 
     p = sub.add_parser(
@@ -496,13 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=int, default=15, help="frames per second")
     p.add_argument("--scale", type=int, default=1, help="enlarge frames by this integer factor")
     p.add_argument("--seed", type=int, default=0, help="same seed, same walk")
-    p.add_argument(
-        "--bn",
-        choices=export.BN_MODES,
-        default=export.DEFAULT_BN_MODE,
-        help="BatchNorm statistics at sampling time (see README)",
-    )
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    _add_bn_flag(p)
+    _add_device_flag(p)
     p.set_defaults(func=_interpolate)
     p = sub.add_parser(
         "evaluate",
@@ -536,12 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nearest-out", default="nearest.png", metavar="PNG", help="where --nearest writes")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated faces")
-    p.add_argument(
-        "--bn",
-        choices=export.BN_MODES,
-        default=export.DEFAULT_BN_MODE,
-        help="BatchNorm statistics at sampling time (see README)",
-    )
+    _add_bn_flag(p)
     p.add_argument(
         "--no-ema",
         action="store_true",
@@ -557,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cache-dir", metavar="DIR", help="where decoded images are cached (default ~/.cache/animegen)"
     )
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    _add_device_flag(p)
     p.add_argument("--quiet", action="store_true", help="only the results, warnings and errors")
     p.set_defaults(func=_evaluate)
 
