@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole GPU measurement in one call: throughput against the reference (CUDA graphs and
-# torch.compile included), a torch.profiler table of the eager default step, and a quality guard
+# torch.compile included), torch.profiler tables of the default step eager and graphed, a quality guard
 # (the graphed step against the eager one, same seeds and steps, held-out SWD). Everything it
 # writes lands in OUT_DIR; each part stops at its own deadline so the whole stays inside BUDGET_S.
 #
@@ -19,9 +19,9 @@ DEVICE=${DEVICE:-cuda} ITERS=${ITERS:-200} WARMUP=${WARMUP:-30} GUARD_STEPS=${GU
 GUARD_CAP=${GUARD_CAP:-35} SIZE=${SIZE:-96} EVAL_N=${EVAL_N:-900} EVAL_EVERY=${EVAL_EVERY:-500}
 LOG_EVERY=${LOG_EVERY:-25} ROW_TIMEOUT=${ROW_TIMEOUT:-90} PROFILE_STEPS=${PROFILE_STEPS:-20}
 # Most wanted first: a row cut by the deadline is the least missed.
-CONFIGS=${CONFIGS:-reference seed seed/cuda_graph default default/cuda_graph default/cudnn_benchmark \
-default/cuda_graph+cudnn_benchmark default/cuda_graph+bf16 seed/fused_adam=on default/batch=256 seed/cudnn_benchmark \
-default/compile+no-layout-opt default/compile default/compile=reduce-overhead}
+CONFIGS=${CONFIGS:-reference seed seed/cuda_graph default default/eager default/cudnn_benchmark=off \
+default/cuda_graph=off default/amp=bf16 default/batch=256 default/compile default/compile+no-layout-opt \
+seed/fused_adam=on seed/cudnn_benchmark}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$HERE/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
@@ -50,7 +50,7 @@ say "throughput done"
 # 2. Where a default-preset step's time goes on the device, eager and graphed: torch.profiler's
 # top ops split by input shapes (one row per layer), and per step the wall time against the time
 # the GPU spent in kernels.
-for row in default default/cuda_graph; do
+for row in default/eager default/cuda_graph; do
   timeout --signal=TERM 50 $PY "$HERE/benchmarks/throughput.py" --data "$DATA" --device "$DEVICE" \
     --cache-dir "$CACHE" --profile "$row" --profile-steps "$PROFILE_STEPS" --by-shape 2>&1 | tail -36
 done
@@ -75,9 +75,10 @@ train() {  # name, then extra arguments
 }
 GUARD=(eager-s0 graph-s0 eager-s1 graph-s1)
 say "quality guard, $GUARD_STEPS steps each"
-train eager-s0 --seed 0
+EAGER=(--no-cuda-graph --set train.cudnn_benchmark=off)  # the default preset before CUDA graphs
+train eager-s0 --seed 0 "${EAGER[@]}"
 train graph-s0 --seed 0 --cuda-graph
-train eager-s1 --seed 1
+train eager-s1 --seed 1 "${EAGER[@]}"
 train graph-s1 --seed 1 --cuda-graph
 $PY "$HERE/benchmarks/curves.py" "${GUARD[@]/#/$RUNS/}" | tee "$OUT/guard.txt"
 

@@ -84,7 +84,7 @@ def test_gpu_script_runs_dry_on_a_cpu(tmp_path):
     assert proc.returncode == 0, log
     (row,) = json.loads((out / "throughput.json").read_text())["results"]
     assert row["name"] == "seed/cuda_graph" and row["images_per_s"] > 0, log
-    assert "profiled 1 steps of default " in log and "profiled 1 steps of default/cuda_graph" in log
+    assert "profiled 1 steps of default/eager " in log and "profiled 1 steps of default/cuda_graph" in log
     assert log.count("Input Shapes") == 2  # one row per layer in both profiles
     for run in ("eager-s0", "graph-s0", "eager-s1", "graph-s1"):
         assert f"{run}: exit 0 (2 evaluations)" in log
@@ -99,10 +99,14 @@ def test_gpu_script_runs_dry_on_a_cpu(tmp_path):
 
 def test_device_summary_counts_launches_busy_time_and_host_waits():
     class Event:
-        def __init__(self, key: str, count: int = 1, device_us: float = 0.0):
+        def __init__(self, key: str, count: int = 1, device_us: float = 0.0, annotation: bool = False):
             self.key, self.count, self.self_device_time_total = key, count, device_us
+            self.is_user_annotation = annotation
 
     averages = [
+        # Annotated ranges cover the kernels below on the GPU timeline: not kernel time themselves.
+        Event("## train_step", 2, device_us=5200.0),
+        Event("Optimizer.step#Adam.step", 4, device_us=1000.0, annotation=True),
         Event("cudaLaunchKernel", 300),
         Event("cudaGraphLaunch", 0),
         Event("void conv_kernel", 150, device_us=4000.0),

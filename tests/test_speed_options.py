@@ -9,11 +9,17 @@ import torch
 from conftest import TINY
 
 from animegen.cli import main
-from animegen.config import ModelConfig, TrainConfig, build_config
+from animegen.config import Config, ModelConfig, OptimConfig, TrainConfig, build_config
 from animegen.data.batches import BatchFeeder, upload
 from animegen.errors import UserError
 from animegen.models import build_models
-from animegen.training.device import make_optimizers, use_channels_last, use_cudnn_benchmark
+from animegen.training.device import (
+    compile_module,
+    make_optimizers,
+    use_channels_last,
+    use_cuda_graph,
+    use_cudnn_benchmark,
+)
 from animegen.training.ema import GeneratorEMA, calibrate_bn
 from animegen.training.step import cpu_has_native_bf16, make_loss, resolve_amp, train_step
 
@@ -96,11 +102,57 @@ def test_channels_last_is_left_to_inductor_on_cuda_only():
 def test_cudnn_autotuner_is_turned_on_for_cuda_runs_that_ask(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert not use_cudnn_benchmark(TrainConfig(cudnn_benchmark=True), cpu)
+    for mode in ("on", "auto"):
+        assert not use_cudnn_benchmark(TrainConfig(cudnn_benchmark=mode), cpu)
     assert not use_cudnn_benchmark(TrainConfig(), cuda)
+    assert not use_cudnn_benchmark(TrainConfig(cudnn_benchmark="off"), cuda)
     assert torch.backends.cudnn.benchmark is False
-    assert use_cudnn_benchmark(TrainConfig(cudnn_benchmark=True), cuda)
+    assert use_cudnn_benchmark(TrainConfig(cudnn_benchmark="auto"), cuda)
     assert torch.backends.cudnn.benchmark is True
+
+
+def test_cuda_graph_auto_only_where_a_graph_replays_the_same_step():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    auto, o = TrainConfig(cuda_graph="auto"), OptimConfig()
+    assert use_cuda_graph(auto, o, cuda) and not use_cuda_graph(auto, o, cpu)
+    assert not use_cuda_graph(auto, o, cuda, processes=2)
+    assert not use_cuda_graph(TrainConfig(cuda_graph="auto", compile="default"), o, cuda)
+    assert not use_cuda_graph(auto, OptimConfig(augment="translation"), cuda)
+    assert not use_cuda_graph(auto, OptimConfig(r1_gamma=0.1), cuda)
+    # "on" means it everywhere (eagerly off CUDA; validation refuses the clashes); "off" never.
+    assert use_cuda_graph(TrainConfig(cuda_graph="on"), o, cpu)
+    assert not use_cuda_graph(TrainConfig(), o, cuda)
+    assert build_config("default").train.cuda_graph == "auto"
+    assert build_config("seed").train.cuda_graph == "off" == build_config("seed").train.cudnn_benchmark
+
+
+def test_compile_keeps_torch_compiles_cuda_graphs_off_cuda_steps(monkeypatch: pytest.MonkeyPatch):
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda module, mode=None: modes.append(mode) or module)
+    net, cuda, cpu = torch.nn.Linear(2, 2), torch.device("cuda"), torch.device("cpu")
+    with pytest.raises(UserError, match="--cuda-graph"):
+        compile_module(net, "reduce-overhead", cuda)
+    for mode, device in (
+        ("max-autotune", cuda),
+        ("max-autotune", cpu),
+        ("reduce-overhead", cpu),
+        ("default", cuda),
+    ):
+        assert compile_module(net, mode, device) is net
+    assert modes == ["max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead", None]
+
+
+@pytest.mark.parametrize(("given", "read"), [(True, "on"), ("false", "off"), ("yes", "on"), ("auto", "auto")])
+def test_switches_read_booleans_as_on_and_off(given, read):
+    # Older checkpoints saved cuda_graph and cudnn_benchmark as booleans; files and --set may too.
+    cfg = Config.from_dict({"train": {"cuda_graph": given, "cudnn_benchmark": given, "fused_adam": given}})
+    assert cfg.train.cuda_graph == cfg.train.cudnn_benchmark == cfg.train.fused_adam == read
+    cfg.validate()
+
+
+def test_a_switch_outside_its_modes_is_refused():
+    with pytest.raises(UserError, match="train.cuda_graph must be one of auto, on, off, not 'sometimes'"):
+        build_config("default", sets=["train.cuda_graph=sometimes"])
 
 
 def test_bf16_autocast_gradients_within_bf16_precision():
@@ -153,7 +205,7 @@ def test_fused_adam_setting_picks_the_kernel(mode: str, device: str, fused: bool
 
 def test_fused_adam_mode_is_validated():
     with pytest.raises(UserError, match="train.fused_adam"):
-        build_config("seed", sets=["train.fused_adam=yes"])
+        build_config("seed", sets=["train.fused_adam=always"])
     netG, netD, *_ = _setup()
     optim, meta = build_config("seed").optim, torch.device("meta")
     with pytest.raises(UserError, match="no fused Adam on meta"):

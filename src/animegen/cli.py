@@ -69,13 +69,14 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--compile",
         choices=COMPILE_MODES,
-        help="torch.compile G and D (reduce-overhead adds CUDA graphs); the first steps take longer",
+        help="torch.compile G and D; the first steps take longer (CUDA graphs: --cuda-graph)",
     )
     p.add_argument(
         "--cuda-graph",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="capture the whole training step as one CUDA graph (CUDA, one process; no augment/R1)",
+        help="capture the whole training step as one CUDA graph (CUDA, one process; no augment/R1); "
+        "the default preset does where it can",
     )
     p.add_argument(
         "--holdout",

@@ -18,7 +18,9 @@ LOSSES = ("bce", "hinge")
 AMP_MODES = ("off", "bf16", "auto")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 EVAL_METRICS = ("fid", "kid", "swd")
-FUSED_ADAM_MODES = ("auto", "on", "off")
+SWITCH_MODES = ("auto", "on", "off")  # "auto": on where it applies and measured faster
+# Three-way switches; true/false (files, --set, older checkpoints' booleans) read as on/off.
+SWITCHES = ("train.fused_adam", "train.cuda_graph", "train.cudnn_benchmark")
 
 
 @dataclass
@@ -80,13 +82,17 @@ class TrainConfig:
     log_every: int = 10  # iterations between log.jsonl rows (losses are read from the device this often)
     sample_count: int = 64
     amp: str = "off"  # "off", "bf16", or "auto" (bf16 on a CPU with native bf16, else off)
-    compile: str = "off"  # torch.compile G and D: "off", "default", "reduce-overhead" (CUDA graphs)
+    # torch.compile G and D: "off", "default", "reduce-overhead" (CPU; refused on CUDA, where
+    # train.cuda_graph graphs the step) or "max-autotune" (without CUDA graphs on CUDA)
+    compile: str = "off"
     # Adam's fused kernel: "auto" uses it on every device that has one (CPU and CUDA included),
     # "on" insists on it, "off" keeps PyTorch's default loop (the tutorial's optimiser, bit for bit).
     fused_adam: str = "auto"
-    cuda_graph: bool = False  # capture the whole step (optimisers too) as one CUDA graph; CUDA only
-    # CUDA: cuDNN times its algorithms for each convolution shape once and keeps the fastest
-    cudnn_benchmark: bool = False
+    # Capture the whole step (optimisers too) as one CUDA graph. "auto": on CUDA in one process
+    # when nothing in the step changes between iterations (no compile, DiffAugment or R1).
+    cuda_graph: str = "off"
+    # CUDA: cuDNN times its algorithms for each convolution shape once and keeps the fastest.
+    cudnn_benchmark: str = "off"
     channels_last: bool = False
     # CPU: G's wide transposed convs over <= 4x4 inputs take their gradients as matrix products
     # (training/deconv_grad.py) in bf16, and in fp32 where PyTorch runs AVX2 kernels; GPUs never
@@ -162,10 +168,11 @@ class Config:
             raise UserError(f"train.amp must be one of {', '.join(AMP_MODES)}, not {t.amp!r}")
         if t.compile not in COMPILE_MODES:
             raise UserError(f"train.compile must be one of {', '.join(COMPILE_MODES)}, not {t.compile!r}")
-        if t.fused_adam not in FUSED_ADAM_MODES:
-            modes = ", ".join(FUSED_ADAM_MODES)
-            raise UserError(f"train.fused_adam must be one of {modes}, not {t.fused_adam!r}")
-        if t.cuda_graph:
+        for name in SWITCHES:
+            value = getattr(t, name.split(".")[1])
+            if value not in SWITCH_MODES:
+                raise UserError(f"{name} must be one of {', '.join(SWITCH_MODES)}, not {value!r}")
+        if t.cuda_graph == "on":
             clash = [
                 name
                 for name, on in (
@@ -219,6 +226,10 @@ def default_preset() -> Config:
     # six seeds each, sd ~11). fp32 on a GPU (H200: no faster at batch 64, SWD 83 vs 67) and on
     # CPUs that emulate bf16 (~18x slower).
     cfg.train.amp = "auto"
+    # CUDA: the whole step as one CUDA graph, convolution algorithms timed once (H200, batch 64:
+    # x3.0 the eager step's images/s; docs/performance.md). Nothing changes off CUDA.
+    cfg.train.cuda_graph = "auto"
+    cfg.train.cudnn_benchmark = "auto"
     cfg.data.hflip = True
     return cfg
 
@@ -383,7 +394,17 @@ def set_value(cfg: Config, dotted: str, value: Any, source: str = "override") ->
     types_ = _field_types(section)
     if key not in types_:
         raise UserError(f"{source}: unknown key {dotted!r} (keys: {', '.join(types_)})")
+    if dotted in SWITCHES:
+        value = _switch(value)
     setattr(section, key, _coerce(value, types_[key], f"{source}: {dotted}"))
+
+
+def _switch(value: Any) -> Any:
+    """true/false (a YAML boolean, a --set word, an older checkpoint's bool) as on/off."""
+    words = {"true": "on", "yes": "on", "1": "on", "false": "off", "no": "off", "0": "off"}
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return words.get(value.lower(), value) if isinstance(value, str) else value
 
 
 def apply_mapping(cfg: Config, data: dict[str, Any], source: str) -> None:

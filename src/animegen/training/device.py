@@ -44,9 +44,15 @@ FUSED_ADAM_DEVICES = ("cpu", "cuda", "mps", "xpu")
 
 
 def make_optimizers(
-    netG: torch.nn.Module, netD: torch.nn.Module, o: OptimConfig, t: TrainConfig, device: torch.device
+    netG: torch.nn.Module,
+    netD: torch.nn.Module,
+    o: OptimConfig,
+    t: TrainConfig,
+    device: torch.device,
+    graphed: bool = False,
 ) -> tuple[torch.optim.Adam, torch.optim.Adam]:
-    """Adam for G and D, fused as train.fused_adam says, and capturable on CUDA for train.cuda_graph."""
+    """Adam for G and D, fused as train.fused_adam says, and capturable on CUDA when the step is
+    `graphed` (see use_cuda_graph)."""
     kw: dict[str, bool] = {}
     if t.fused_adam == "on" and device.type not in FUSED_ADAM_DEVICES:
         raise UserError(f"train.fused_adam=on: PyTorch has no fused Adam on {device.type}; use auto or off")
@@ -54,7 +60,7 @@ def make_optimizers(
         kw["fused"] = True
     if device.type == "cuda":
         # The step counters stay on the GPU, so the graph's replays advance them.
-        kw["capturable"] = t.cuda_graph
+        kw["capturable"] = graphed
     optG = torch.optim.Adam(netG.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2), **kw)
     optD = torch.optim.Adam(netD.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2), **kw)
     return optG, optD
@@ -76,10 +82,38 @@ def use_cudnn_benchmark(t: TrainConfig, device: torch.device) -> bool:
     steps, before a CUDA graph is captured) and its fastest algorithm reused. The flag is
     process-wide in PyTorch; a run only ever turns it on.
     """
-    if not (t.cudnn_benchmark and device.type == "cuda"):
+    if not (t.cudnn_benchmark in ("on", "auto") and device.type == "cuda"):
         return False
     torch.backends.cudnn.benchmark = True
     return True
+
+
+def use_cuda_graph(t: TrainConfig, o: OptimConfig, device: torch.device, processes: int = 1) -> bool:
+    """Whether the step runs through GraphedStep: "on" always (eagerly off CUDA, the clashes are
+    refused by validation), "auto" only where a graph is captured and replays the same step."""
+    if t.cuda_graph == "on":
+        return True
+    fixed_step = t.compile == "off" and not o.augment and not o.r1_gamma
+    return t.cuda_graph == "auto" and device.type == "cuda" and processes == 1 and fixed_step
+
+
+def compile_module(module: torch.nn.Module, mode: str, device: torch.device) -> torch.nn.Module:
+    """torch.compile in train.compile's mode, without torch.compile's own CUDA graphs on CUDA.
+
+    Those replay each compiled module on its own and reuse an output's memory at its next replay,
+    but a GAN step runs D three times and feeds G's output into D: on an H200 (torch 2.11) the
+    first "reduce-overhead" step failed with "accessing tensor output of CUDAGraphs that has been
+    overwritten by a subsequent run", in D's backward, with every output cloned as well.
+    train.cuda_graph graphs the whole step instead (on by default on CUDA in the default preset).
+    """
+    if device.type == "cuda" and mode == "reduce-overhead":
+        raise UserError(
+            "train.compile=reduce-overhead: torch.compile's CUDA graphs cannot replay a GAN step on CUDA; "
+            "use --compile default, or --cuda-graph (the whole step as one CUDA graph)"
+        )
+    if device.type == "cuda" and mode == "max-autotune":
+        mode = "max-autotune-no-cudagraphs"
+    return torch.compile(module, mode=None if mode == "default" else mode)
 
 
 def use_channels_last(t: TrainConfig, device: torch.device) -> bool:

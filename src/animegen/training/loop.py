@@ -29,9 +29,11 @@ from animegen.training.augment import parse_policy
 from animegen.training.deconv_grad import MatmulGradConvTranspose2d
 from animegen.training.device import (
     apply_process_settings,
+    compile_module,
     make_optimizers,
     place_models,
     resolve_device,
+    use_cuda_graph,
 )
 from animegen.training.ema import GeneratorEMA, calibrate_bn
 from animegen.training.graphed import CaptureError, GraphedStep
@@ -127,20 +129,21 @@ class Trainer:
         self.D = distributed.wrap(self.netD, self.dist, self.device)
         self.D_for_g: torch.nn.Module = self.netD
         if cfg.train.compile != "off":
-            mode = None if cfg.train.compile == "default" else cfg.train.compile
-            self.G = torch.compile(self.G, mode=mode)
-            self.D = torch.compile(self.D, mode=mode)
-            self.D_for_g = torch.compile(self.netD, mode=mode) if self.dist.enabled else self.D
+            mode = cfg.train.compile
+            self.G = compile_module(self.G, mode, self.device)
+            self.D = compile_module(self.D, mode, self.device)
+            self.D_for_g = compile_module(self.netD, mode, self.device) if self.dist.enabled else self.D
         self.amp = resolve_amp(cfg.train.amp, self.device)
         o = cfg.optim
-        if cfg.train.cudnn_benchmark and not self.cudnn_benchmark:
+        if cfg.train.cudnn_benchmark == "on" and not self.cudnn_benchmark:
             reporter.info(f"train.cudnn_benchmark: no cuDNN on {self.device.type}; ignored")
-        if cfg.train.cuda_graph:
+        if cfg.train.cuda_graph == "on":
             if self.dist.enabled:
                 raise UserError("train.cuda_graph works in one process; drop it or --nproc")
             if self.device.type != "cuda":
                 reporter.info(f"train.cuda_graph: no CUDA graphs on {self.device.type}; runs eagerly")
-        self.optG, self.optD = make_optimizers(self.netG, self.netD, o, cfg.train, self.device)
+        graphed = use_cuda_graph(cfg.train, o, self.device, self.dist.world_size)
+        self.optG, self.optD = make_optimizers(self.netG, self.netD, o, cfg.train, self.device, graphed)
         self.loss = make_loss(o.loss, o.label_smoothing)
         self.augment = parse_policy(o.augment)
         self.ema = GeneratorEMA(self.netG, o.ema) if o.ema else None
@@ -149,7 +152,7 @@ class Trainer:
             z = fixed_noise(BN_CALIBRATION_COUNT, cfg.model.z_dim, cfg.train.seed, stream=6)
             self.bn_noise = z.to(self.device)
         self._bn_calibrated_at = -1  # the EMA update count the statistics were measured at
-        self.graphed = GraphedStep(self._plain_step, self.device) if cfg.train.cuda_graph else None
+        self.graphed = GraphedStep(self._plain_step, self.device) if graphed else None
         self.fixed_noise = fixed_noise(cfg.train.sample_count, cfg.model.z_dim, cfg.train.seed).to(
             self.device
         )
