@@ -216,7 +216,8 @@ def seed_preset() -> Config:
 
 
 def default_preset() -> Config:
-    """Seed networks with a batch that keeps a CPU or GPU busy, flips, and bf16 where it is fast."""
+    """Seed networks with a batch that keeps a CPU or GPU busy, flips, bf16 where it is fast, and
+    on CUDA the whole step replayed as one CUDA graph."""
     cfg = Config(preset="default")
     cfg.train.batch_size = 64
     cfg.train.epochs = 25
@@ -226,8 +227,9 @@ def default_preset() -> Config:
     # six seeds each, sd ~11). fp32 on a GPU (H200: no faster at batch 64, SWD 83 vs 67) and on
     # CPUs that emulate bf16 (~18x slower).
     cfg.train.amp = "auto"
-    # CUDA: the whole step as one CUDA graph, convolution algorithms timed once (H200, batch 64:
-    # x3.0 the eager step's images/s; docs/performance.md). Nothing changes off CUDA.
+    # CUDA: the whole step as one CUDA graph, convolution algorithms timed once. H200, batch 64:
+    # x2.8-3.0 the eager step's images/s, held-out SWD within run-to-run noise (six seeds each;
+    # docs/performance.md). Nothing changes off CUDA.
     cfg.train.cuda_graph = "auto"
     cfg.train.cudnn_benchmark = "auto"
     cfg.data.hflip = True
