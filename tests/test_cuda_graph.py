@@ -110,6 +110,33 @@ def test_cuda_graph_cli_run_equals_plain_run_and_resumes(image_folder, tmp_path,
         assert torch.equal(a[k], b[k]), k
 
 
+def test_a_failed_capture_under_auto_trains_on_eagerly_and_under_on_stops(
+    image_folder, tmp_path, capsys, monkeypatch
+):
+    def cannot_capture(self, real, noise):
+        raise CaptureError("CUDA graph capture of the training step failed (not on this driver)")
+
+    # As on a CUDA card whose capture fails: "auto" picks the graph, the capture after warm-up fails.
+    monkeypatch.setattr("animegen.training.loop.use_cuda_graph", lambda *a, **k: True)
+    monkeypatch.setattr(GraphedStep, "_capture", cannot_capture)
+    common = ["train", "--data", str(image_folder), "--seed", "2", *TINY, "--epochs", "1"]
+    assert main([*common, "--run-dir", str(tmp_path / "auto"), "--set", "train.cuda_graph=auto"]) == 0
+    err = capsys.readouterr().err
+    assert "capture of the training step failed (not on this driver); training on without it" in err
+    assert main([*common, "--run-dir", str(tmp_path / "on"), "--cuda-graph"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("(not on this driver); train without --cuda-graph"), err
+    monkeypatch.undo()
+    assert main([*common, "--run-dir", str(tmp_path / "plain")]) == 0
+
+    def weights(run):
+        tensors, _ = ckpt.read_checkpoint(ckpt.latest_good_checkpoint(run / "checkpoints")[0])
+        return {k: v for k, v in tensors.items() if k.startswith(("G.", "D."))}
+
+    a, b = weights(tmp_path / "plain"), weights(tmp_path / "auto")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_cuda_graph_clash_is_a_one_line_error(image_folder, tmp_path, capsys):
     args = ["train", "--data", str(image_folder), "--run-dir", str(tmp_path / "r"), *TINY]
     assert main([*args, "--cuda-graph", "--compile", "default"]) == 2

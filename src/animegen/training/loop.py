@@ -686,12 +686,18 @@ class Trainer:
                     noise = noise.contiguous(memory_format=torch.channels_last)
                 o = self.cfg.optim
                 lazy_r1 = o.r1_gamma and self.pos.iteration % o.r1_every == 0
+                stats = None
                 if self.graphed is not None:
                     try:
                         stats = self.graphed(real, noise)
                     except CaptureError as e:
-                        raise UserError(f"{e}; train without --cuda-graph") from None
-                else:
+                        if t.cuda_graph == "on":
+                            raise UserError(f"{e}; train without --cuda-graph") from None
+                        # "auto" picked the graph: where this card or driver cannot capture, the
+                        # run trains on eagerly (capture runs no kernel, so nothing has moved).
+                        self.reporter.warn(f"{e}; training on without it (--no-cuda-graph skips the attempt)")
+                        self.graphed = None
+                if stats is None:
                     stats = train_step(
                         self.G,
                         self.D,
