@@ -48,6 +48,21 @@ def test_two_processes_train_and_checkpoint(image_folder, tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def test_two_processes_with_ema_checkpoint_a_calibrated_ema_generator(image_folder, tmp_path):
+    # Rank 0 alone packs the checkpoint, the EMA copy's BatchNorm statistics measured for it.
+    run = tmp_path / "ddp-ema"
+    args = ["--data", str(image_folder), "--nproc", "2", "--max-steps", "3", "--run-dir", str(run)]
+    _run([*args, *TINY, "--set", "optim.ema=0.9"], tmp_path)
+    tensors, meta = _final(run)
+    assert meta["iteration"] == 3 and int(tensors["ema.n_averaged"]) == 3
+    ema = {k: v for k, v in tensors.items() if k.startswith("G_ema.")}
+    assert ema and all(torch.isfinite(v).all() for v in ema.values())
+    means = [k for k in ema if k.endswith("running_mean")]
+    # Measured, not PyTorch's initial zeros or G's own training-time statistics.
+    assert means and all(ema[k].abs().sum() > 0 for k in means)
+    assert any(not torch.equal(ema[k], tensors["G." + k[len("G_ema.") :]]) for k in means)
+
+
 def test_sync_bn_step_equals_single_process(image_folder, tmp_path):
     # fp32: bf16 (the default preset's choice on a CPU with native bf16) rounds the two layouts'
     # sums differently, far beyond this comparison's 1e-5.

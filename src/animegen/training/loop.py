@@ -323,7 +323,7 @@ class Trainer:
             "epoch": self.pos.epoch,
             "step": self.pos.step,
             "iteration": self.pos.iteration,
-            "epochs_done": self.pos.epoch + (1 if self.pos.step >= len(self.feeder) else 0),
+            "epochs_done": self._epochs_done(),
             "steps_per_epoch": len(self.feeder),
             "data_key": self.images.key if self.images else None,
             "data_count": len(self.images) if self.images else 0,
@@ -337,11 +337,15 @@ class Trainer:
         }
         return tensors, meta
 
+    def _epochs_done(self) -> int:
+        return self.pos.epoch + (1 if self.pos.step >= len(self.feeder) else 0)
+
     def save_checkpoint(self) -> Path:
-        tensors, meta = self.state()
-        path = self.ckpt_dir / ckpt.checkpoint_name(meta["epochs_done"], self.pos.iteration)
+        path = self.ckpt_dir / ckpt.checkpoint_name(self._epochs_done(), self.pos.iteration)
         if not self.dist.is_main:
+            # Only rank 0 writes; packing here would also rebuild and calibrate an EMA copy for nothing.
             return path
+        tensors, meta = self.state()
         try:
             ckpt.save_checkpoint(path, tensors, meta)
         except OSError as e:
