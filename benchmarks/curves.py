@@ -18,7 +18,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from animegen.training.monitor import read_log  # noqa: E402
+from animegen.runlog import read_log  # noqa: E402
 
 METRICS = ("fid", "kid", "swd")
 

@@ -23,9 +23,9 @@ sys.path.insert(0, str(REPO / "src"))
 def random_generator(preset: str, path: Path) -> None:
     import torch
 
+    from animegen import checkpoint_format as ckpt
     from animegen.config import build_config
     from animegen.models import Generator
-    from animegen.training import checkpoint as ckpt
 
     cfg = build_config(preset)
     torch.manual_seed(0)

@@ -22,12 +22,12 @@ import torch  # noqa: E402
 
 from animegen.config import build_config  # noqa: E402
 from animegen.data.batches import BatchFeeder  # noqa: E402
+from animegen.device import resolve_device  # noqa: E402
 from animegen.models import build_models  # noqa: E402
 from animegen.training.device import (  # noqa: E402
     apply_process_settings,
     make_optimizers,
     place_models,
-    resolve_device,
 )
 from animegen.training.loop import load_images  # noqa: E402
 from animegen.training.step import make_loss, resolve_amp, train_step  # noqa: E402

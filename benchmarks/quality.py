@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
 from animegen.config import build_config  # noqa: E402
-from animegen.training.monitor import read_log  # noqa: E402
+from animegen.runlog import read_log  # noqa: E402
 
 
 def env(threads: int) -> dict[str, str]:
@@ -126,7 +126,7 @@ def train(variant: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def checkpoints_by_images(result: dict[str, Any]) -> dict[int, Path]:
-    from animegen.training.checkpoint import CKPT_RE
+    from animegen.checkpoint_format import CKPT_RE
 
     found = {}
     for p in (Path(result["run"]) / "checkpoints").glob("ckpt_*.safetensors"):

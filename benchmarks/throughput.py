@@ -686,8 +686,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from animegen.device import resolve_device
     from animegen.errors import UserError
-    from animegen.training.device import resolve_device
     from animegen.training.loop import load_images
 
     try:

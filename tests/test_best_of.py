@@ -8,13 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
+from animegen import checkpoint_format as ckpt
 from animegen.best_of import NO_DISCRIMINATOR, best_of, load_discriminator
 from animegen.cli import main
 from animegen.config import ModelConfig
 from animegen.errors import CheckpointError, UserError
-from animegen.generate import CHUNK, load_generator
+from animegen.generate import load_generator
 from animegen.models import Discriminator, Generator, build_models
-from animegen.training import checkpoint as ckpt
+from animegen.sampling import CHUNK
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ import pickle
 import pytest
 import torch
 
+from animegen import checkpoint_format as ckpt
 from animegen.errors import CheckpointError
-from animegen.training import checkpoint as ckpt
 
 
 def _tensors(v: float = 1.0):

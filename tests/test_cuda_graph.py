@@ -11,11 +11,11 @@ import contextlib
 import torch
 from conftest import TINY
 
+from animegen import checkpoint_format as ckpt
 from animegen.cli import main
 from animegen.config import Config, ModelConfig
 from animegen.errors import UserError
 from animegen.models import build_models
-from animegen.training import checkpoint as ckpt
 from animegen.training.graphed import CaptureError, GraphedStep
 from animegen.training.step import make_loss, train_step
 

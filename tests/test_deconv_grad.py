@@ -12,15 +12,15 @@ from test_train_resume import _assert_identical as assert_identical
 from test_train_resume import _weights as weights
 from torch import nn
 
+from animegen import deconv_grad
 from animegen.cli import main
 from animegen.config import ModelConfig, preset
-from animegen.models import build_models
-from animegen.training import deconv_grad
-from animegen.training.deconv_grad import (
+from animegen.deconv_grad import (
     MatmulGradConvTranspose2d,
     _ConvTransposeByMatmul,
     swap_in_matmul_layers,
 )
+from animegen.models import build_models
 from animegen.training.device import place_models
 from animegen.training.step import make_loss, train_step
 

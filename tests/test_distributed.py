@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import TINY
 
-from animegen.training import checkpoint as ckpt
+from animegen import checkpoint_format as ckpt
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 from conftest import TINY, write_images
 
-from animegen import export, generate, load_generator
+from animegen import export, generate, load_generator, sampling
 from animegen.cli import main
 from animegen.errors import UserError
-from animegen.generate import bn_mode_context
+from animegen.sampling import bn_mode_context
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -51,7 +51,7 @@ def _cli(argv: list[str]) -> int:
 
 def test_defaults_agree_with_generate():
     assert export.DEFAULT_BN_MODE == generate.DEFAULT_BN_MODE
-    assert export.BN_MODES == generate.BN_MODES
+    assert export.BN_MODES == sampling.BN_MODES
 
 
 @pytest.mark.parametrize("bn_mode", ["batch", "eval"])

@@ -5,13 +5,13 @@ import pytest
 import torch
 from PIL import Image
 
-from animegen import load_generator
+from animegen import deconv_grad, load_generator
 from animegen.cli import main
 from animegen.config import ModelConfig
 from animegen.errors import CheckpointError
-from animegen.generate import CHUNK, DEFAULT_BN_MODE, bn_mode_context, slerp, write_files
+from animegen.generate import slerp, write_files
 from animegen.models import Generator
-from animegen.training import deconv_grad
+from animegen.sampling import CHUNK, DEFAULT_BN_MODE, bn_mode_context
 
 
 @pytest.fixture(scope="module")

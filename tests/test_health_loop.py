@@ -7,8 +7,8 @@ import json
 import torch
 from conftest import TINY
 
+from animegen import checkpoint_format as ckpt
 from animegen.cli import main
-from animegen.training import checkpoint as ckpt
 from animegen.training import loop
 
 

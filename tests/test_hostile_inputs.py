@@ -23,7 +23,7 @@ import pytest
 from conftest import TINY, write_images
 from PIL import Image
 
-from animegen.training import checkpoint as ckpt
+from animegen import checkpoint_format as ckpt
 
 
 def _encode(im: Image.Image, fmt: str, **kwargs) -> bytes:

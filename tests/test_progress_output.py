@@ -163,7 +163,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(image_folder, tmp_path):
     and the run resumes from it."""
     import signal
 
-    from animegen.training import checkpoint as ckpt
+    from animegen import checkpoint_format as ckpt
 
     run = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1")

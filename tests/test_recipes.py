@@ -8,12 +8,13 @@ import pytest
 import torch
 from conftest import TINY
 
+from animegen import checkpoint_format as ckpt
 from animegen import load_generator
+from animegen.choices import parse_policy
 from animegen.cli import main
 from animegen.config import ModelConfig, preset
 from animegen.models import build_models
-from animegen.training import checkpoint as ckpt
-from animegen.training.augment import cutout, diff_augment, parse_policy, translation
+from animegen.training.augment import cutout, diff_augment, translation
 from animegen.training.step import make_loss, train_step
 
 

@@ -27,11 +27,11 @@ import torch
 from conftest import TINY, write_images
 from safetensors.torch import save_file
 
+from animegen import checkpoint_format as ckpt
 from animegen.cli import main
 from animegen.config import ModelConfig
 from animegen.errors import CheckpointError
 from animegen.models import Generator
-from animegen.training import checkpoint as ckpt
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "animegen"
 WEIGHT_PREFIXES = ("G.", "D.", "optG.", "optD.")

@@ -22,7 +22,7 @@ from PIL import Image
 from animegen import load_generator, serve
 from animegen.cli import main
 from animegen.errors import UserError
-from animegen.generate import DEFAULT_BN_MODE
+from animegen.sampling import DEFAULT_BN_MODE
 from animegen.visual import make_grid
 
 pytest.importorskip("fastapi")

@@ -9,8 +9,8 @@ import torch
 from conftest import TINY
 from PIL import Image
 
+from animegen import checkpoint_format as ckpt
 from animegen.cli import main
-from animegen.training import checkpoint as ckpt
 
 
 def _weights(run_dir):

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from conftest import TINY
 
+from animegen import checkpoint_format as ckpt
 from animegen.cli import main
 from animegen.config import build_config
 from animegen.data.split import holdout_split
 from animegen.errors import UserError
-from animegen.training import checkpoint as ckpt
 
 EVAL = ["--holdout", "0.25", "--eval-every", "3", "--set", "train.eval_metrics=swd"]
 

@@ -21,19 +21,18 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from animegen import checkpoint_format as ckpt
 from animegen.config import ModelConfig
 from animegen.errors import CheckpointError, UserError
 from animegen.generate import (
-    DEFAULT_BN_MODE,
     LoadedGenerator,
     _is_safetensors,
-    bn_mode_context,
     instantiate,
     model_config_from_meta,
     resolve_checkpoint,
 )
 from animegen.models import Discriminator, normalize_state_dict_keys
-from animegen.training import checkpoint as ckpt
+from animegen.sampling import DEFAULT_BN_MODE, bn_mode_context
 
 NO_DISCRIMINATOR = "--best-of needs a training checkpoint with the discriminator"
 

@@ -184,8 +184,8 @@ def _train(args: argparse.Namespace, demo: bool = False) -> int:
 
 
 def _train_process(args: argparse.Namespace, demo: bool, info) -> int:
+    from animegen import checkpoint_format as ckpt
     from animegen.config import Config, build_config, set_value
-    from animegen.training import checkpoint as ckpt
     from animegen.training.loop import Trainer, TrainingInterrupted
     from animegen.training.progress import Reporter
 
@@ -417,7 +417,7 @@ def _runs(args: argparse.Namespace) -> int:
 
 
 def _device(name: str | None) -> str:
-    from animegen.training.device import resolve_device
+    from animegen.device import resolve_device
 
     return str(resolve_device(name or "auto"))
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from animegen.choices import layout, parse_policy
 from animegen.errors import UserError
 
 ARCHITECTURES = ("seed", "dcgan64")
@@ -95,7 +96,7 @@ class TrainConfig:
     cudnn_benchmark: str = "off"
     channels_last: bool = False
     # CPU: G's wide transposed convs over <= 4x4 inputs take their gradients as matrix products
-    # (training/deconv_grad.py) in bf16, and in fp32 where PyTorch runs AVX2 kernels; GPUs never
+    # (deconv_grad.py) in bf16, and in fp32 where PyTorch runs AVX2 kernels; GPUs never
     matmul_deconv_grads: bool = True
     threads: int = 0  # torch intra-op threads on CPU; 0 leaves PyTorch's default
     # CPU: keep a step's freed buffers mapped for the next step (glibc; training/allocator.py)
@@ -142,8 +143,6 @@ class Config:
         m, t = self.model, self.train
         if m.arch not in ARCHITECTURES:
             raise UserError(f"model.arch must be one of {', '.join(ARCHITECTURES)}, not {m.arch!r}")
-        from animegen.models import layout  # models imports this module
-
         layout(m.image_size)
         if m.z_dim < 1 or m.width <= 0:
             raise UserError("model.z_dim and model.width must be positive")
@@ -158,8 +157,6 @@ class Config:
             raise UserError("optim.label_smoothing works with optim.loss=bce only")
         if not 0 <= o.label_smoothing < 0.5 or not 0 <= o.ema < 1 or o.r1_gamma < 0 or o.r1_every < 1:
             raise UserError("optim: label_smoothing in [0, 0.5), ema in [0, 1), r1_gamma >= 0, r1_every >= 1")
-        from animegen.training.augment import parse_policy
-
         try:
             parse_policy(o.augment)
         except ValueError as e:

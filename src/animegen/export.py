@@ -25,6 +25,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from animegen.choices import BN_MODES, DEFAULT_BN_MODE
 from animegen.errors import UserError
 from animegen.helpformat import HelpFormatter
 
@@ -39,8 +40,6 @@ MIN_OPSET = 11
 MAX_OPSET = 23
 INPUT_NAME = "z"
 OUTPUT_NAME = "images"
-BN_MODES = ("batch", "eval")  # the same as animegen.generate.BN_MODES, which imports torch
-DEFAULT_BN_MODE = "eval"  # = animegen.generate.DEFAULT_BN_MODE; test_export checks they agree
 
 
 @functools.cache
@@ -130,7 +129,7 @@ def export_onnx(
         raise UserError("ONNX export needs the onnx package: pip install 'animegen[export]'") from None
     import torch
 
-    import animegen
+    from animegen import __version__
 
     module = export_module(gen, bn_mode)
     example = torch.zeros(2, gen.z_dim)
@@ -169,12 +168,12 @@ def export_onnx(
                 ) from None
         model = onnx.load(str(tmp))
         model.doc_string = (
-            f"animegen {animegen.__version__} generator: {INPUT_NAME} float32 (batch, {gen.z_dim}) -> "
+            f"animegen {__version__} generator: {INPUT_NAME} float32 (batch, {gen.z_dim}) -> "
             f"{OUTPUT_NAME} float32 (batch, 3, {gen.config.image_size}, {gen.config.image_size}) "
             f"in [-1, 1]; BatchNorm: {bn_mode}"
         )
         meta = {
-            "animegen.version": animegen.__version__,
+            "animegen.version": __version__,
             "animegen.z_dim": str(gen.z_dim),
             "animegen.image_size": str(gen.config.image_size),
             "animegen.arch": gen.config.arch,

@@ -2,114 +2,26 @@
 
 from __future__ import annotations
 
-import contextlib
-import math
 import os
 import re
 from collections import deque
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from animegen import checkpoint_format as ckpt
 from animegen.config import ModelConfig
-from animegen.data.batches import derived_seed
+from animegen.deconv_grad import fp32_products_pay, swap_in_matmul_layers
 from animegen.errors import CheckpointError, UserError
 from animegen.models import Generator, infer_model_config, normalize_state_dict_keys
-from animegen.training import checkpoint as ckpt
-from animegen.training.deconv_grad import fp32_products_pay, swap_in_matmul_layers
-from animegen.visual import save_grid, save_png, to_uint8
+from animegen.sampling import CHUNK, DEFAULT_BN_MODE, Sampler
+from animegen.streams import INTERPOLATION, derived_seed
+from animegen.visual import save_grid, save_png
 
-# Faces are drawn in fixed chunks: the noise of face i depends only on (seed, i // CHUNK), and with
-# batch-statistics BatchNorm a face's look also depends on its batch, so batches are always whole
-# chunks. Together this makes "same seed, same faces" hold whatever -n or batch size is asked for.
-CHUNK = 64
-
-# Measured on the seed architecture (README, "BatchNorm at sampling time"): the running averages
-# gave samples closer to the data (SWD) than batch statistics, and make a face independent of its batch.
-DEFAULT_BN_MODE = "eval"
-BN_MODES = ("batch", "eval")
-
-
-@contextlib.contextmanager
-def bn_mode_context(net: nn.Module, bn_mode: str) -> Iterator[None]:
-    """Run `net` with BatchNorm in the given mode without touching its running statistics."""
-    if bn_mode not in BN_MODES:
-        raise UserError(f"--bn must be one of {', '.join(BN_MODES)}, not {bn_mode!r}")
-    was_training = net.training
-    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    tracked = [m.track_running_stats for m in bns]
-    try:
-        if bn_mode == "batch":
-            net.train()
-            # Train mode with tracking off uses the batch statistics and leaves the buffers alone.
-            for m in bns:
-                m.track_running_stats = False
-        else:
-            net.eval()
-        yield
-    finally:
-        for m, t in zip(bns, tracked, strict=True):
-            m.track_running_stats = t
-        net.train(was_training)
-
-
-@torch.no_grad()
-def sample_images(net: nn.Module, noise: torch.Tensor, bn_mode: str = DEFAULT_BN_MODE) -> torch.Tensor:
-    """uint8 (B, 3, S, S) on the CPU from noise (B, z, 1, 1)."""
-    with bn_mode_context(net, bn_mode):
-        return to_uint8(net(noise))
-
-
-def chunk_noise(seed: int, chunk: int, z_dim: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(derived_seed(seed, 5, chunk))
-    return torch.randn(CHUNK, z_dim, 1, 1, generator=g)
-
-
-@dataclass
-class LoadedGenerator:
-    """A generator ready to sample, with where it came from."""
-
-    net: Generator
-    config: ModelConfig
-    source: Path
-    device: torch.device
-    info: dict
-
-    @property
-    def z_dim(self) -> int:
-        return self.config.z_dim
-
-    def noise(self, n: int, seed: int = 0) -> torch.Tensor:
-        chunks = [chunk_noise(seed, c, self.z_dim) for c in range(math.ceil(n / CHUNK))]
-        return torch.cat(chunks)[:n] if chunks else torch.empty(0, self.z_dim, 1, 1)
-
-    def iter_samples(self, n: int, seed: int = 0, bn_mode: str = DEFAULT_BN_MODE) -> Iterator[torch.Tensor]:
-        """uint8 batches (<= CHUNK, 3, S, S) totalling n faces; memory stays bounded for any n."""
-        for c in range(math.ceil(n / CHUNK)):
-            z = chunk_noise(seed, c, self.z_dim).to(self.device)
-            images = sample_images(self.net, z, bn_mode)
-            yield images[: min(CHUNK, n - c * CHUNK)]
-
-    def sample(self, n: int, seed: int = 0, bn_mode: str = DEFAULT_BN_MODE, pil: bool = False):
-        """n faces as a uint8 tensor (n, 3, S, S), or a list of PIL images with pil=True."""
-        parts = list(self.iter_samples(n, seed, bn_mode))
-        images = (
-            torch.cat(parts) if parts else torch.empty(0, 3, self.config.image_size, self.config.image_size)
-        )
-        if pil:
-            from PIL import Image
-
-            return [Image.fromarray(img.permute(1, 2, 0).numpy()) for img in images]
-        return images
-
-    @torch.no_grad()
-    def from_latents(self, z: torch.Tensor, bn_mode: str = DEFAULT_BN_MODE) -> torch.Tensor:
-        """uint8 images for given latents, all in one batch (so batch-statistics BN sees them together)."""
-        return sample_images(self.net, z.to(self.device).reshape(len(z), self.z_dim, 1, 1), bn_mode)
+# A loaded generator is a Sampler that came from a file; the name stays for the Python API.
+LoadedGenerator = Sampler
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, list[str]]:
@@ -181,7 +93,7 @@ def load_generator(
     if channels_last and device.type in ("cpu", "cuda"):
         net.to(memory_format=torch.channels_last)
     if channels_last and device.type == "cpu" and fp32_products_pay():
-        # With AVX2 kernels G's 1024 -> 512 layer draws faster as one product (training/deconv_grad.py)
+        # With AVX2 kernels G's 1024 -> 512 layer draws faster as one product (deconv_grad.py)
         swap_in_matmul_layers(net, fp32=True)
     return LoadedGenerator(net, cfg, source, device, info)
 
@@ -302,7 +214,7 @@ def interpolation_latents(z_dim: int, steps: int, keyframes: int = 4, seed: int 
     """`steps` latents walking through `keyframes` random points and back to the first (a seamless loop)."""
     if steps < 2:
         raise UserError("--steps must be at least 2")
-    g = torch.Generator().manual_seed(derived_seed(seed, 6))
+    g = torch.Generator().manual_seed(derived_seed(seed, INTERPOLATION))
     keys = torch.randn(keyframes, z_dim, generator=g)
     keys = torch.cat([keys, keys[:1]])
     positions = torch.arange(steps, dtype=torch.float64) * keyframes / steps

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from animegen.training.checkpoint import CKPT_RE, list_checkpoints
-from animegen.training.monitor import read_log
+from animegen.checkpoint_format import CKPT_RE, list_checkpoints
+from animegen.runlog import read_log
 
 
 def find_runs(root: str | Path) -> list[Path]:

@@ -25,6 +25,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from animegen.choices import BN_MODES, CHUNK, DEFAULT_BN_MODE
 from animegen.errors import UserError
 from animegen.helpformat import HelpFormatter
 
@@ -43,7 +44,6 @@ MAX_N_LIMIT = 1024  # one request never draws more than this many faces
 MAX_SCALE = 8  # enlarged faces stay <= 8 x 192 px
 MAX_SEED = 2**32 - 1  # exact in JavaScript numbers, and plenty of faces
 GRID_PADDING = 2  # animegen.visual.make_grid's default; the page maps clicks with it
-BN_MODES = ("batch", "eval")
 CACHE_SECONDS = 86400
 
 
@@ -59,7 +59,8 @@ def create_app(gen: "LoadedGenerator", max_n: int = DEFAULT_MAX_N) -> "FastAPI":
     from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.exceptions import HTTPException
 
-    from animegen.generate import CHUNK, DEFAULT_BN_MODE, chunk_noise, slerp
+    from animegen.generate import slerp
+    from animegen.sampling import chunk_noise
     from animegen.visual import make_grid
 
     if not 1 <= max_n <= MAX_N_LIMIT:
@@ -566,8 +567,8 @@ def _run(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError:
         raise UserError("animegen serve needs fastapi and uvicorn: pip install 'animegen[serve]'") from None
+    from animegen.device import resolve_device
     from animegen.generate import load_generator
-    from animegen.training.device import resolve_device
 
     if not 1 <= args.max_n <= MAX_N_LIMIT:
         raise UserError(f"--max-n must be between 1 and {MAX_N_LIMIT}, not {args.max_n}")

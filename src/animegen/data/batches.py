@@ -12,22 +12,10 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from animegen.streams import HFLIP, SHUFFLE, derived_seed
+
 # Leave room for the models and activations when deciding to put the whole set on the GPU.
 GPU_RESIDENT_FRACTION = 0.25
-
-
-def _mix(*parts: int) -> int:
-    """A 63-bit seed from several integers (SplitMix-style), stable across platforms."""
-    x = 0x9E3779B97F4A7C15
-    for p in parts:
-        x ^= (int(p) + 0x9E3779B97F4A7C15 + (x << 6) + (x >> 2)) & 0xFFFFFFFFFFFFFFFF
-        x = (x * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-        x ^= x >> 31
-    return x & 0x7FFFFFFFFFFFFFFF
-
-
-def derived_seed(seed: int, *parts: int) -> int:
-    return _mix(seed, *parts)
 
 
 def upload(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -85,7 +73,7 @@ class BatchFeeder:
 
     def permutation(self, epoch: int) -> torch.Tensor:
         """Rows of the image array in this epoch's order."""
-        g = torch.Generator().manual_seed(derived_seed(self.seed, 1, epoch))
+        g = torch.Generator().manual_seed(derived_seed(self.seed, SHUFFLE, epoch))
         perm = torch.randperm(self.n, generator=g)
         return perm if self.index is None else self.index[perm]
 
@@ -112,7 +100,7 @@ class BatchFeeder:
         x = raw.float().div_(127.5).sub_(1.0)
         if self.hflip:
             # Drawn for the global batch and sliced, so N ranks flip exactly what one process would.
-            g = torch.Generator().manual_seed(derived_seed(self.seed, 2, epoch, step))
+            g = torch.Generator().manual_seed(derived_seed(self.seed, HFLIP, epoch, step))
             lo = self.rank * self.batch_size
             flip = (torch.rand(self.batch_size * self.world_size, generator=g) < 0.5)[lo : lo + len(idx)]
             flip = upload(flip, self.device)

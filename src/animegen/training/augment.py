@@ -12,16 +12,6 @@ import torch.nn.functional as F
 
 from animegen.data.batches import upload
 
-POLICIES = ("color", "translation", "cutout")
-
-
-def parse_policy(text: str) -> tuple[str, ...]:
-    parts = tuple(p.strip() for p in text.split(",") if p.strip())
-    for p in parts:
-        if p not in POLICIES:
-            raise ValueError(f"unknown DiffAugment policy {p!r} (choose from {', '.join(POLICIES)})")
-    return parts
-
 
 def _rand(g: torch.Generator, n: int, device: torch.device, *shape: int) -> torch.Tensor:
     return upload(torch.rand(n, *shape, generator=g), device)

@@ -11,30 +11,9 @@ from __future__ import annotations
 import torch
 
 from animegen.config import OptimConfig, TrainConfig
+from animegen.deconv_grad import fp32_products_pay, swap_in_matmul_layers
 from animegen.errors import UserError
 from animegen.training import allocator
-from animegen.training.deconv_grad import fp32_products_pay, swap_in_matmul_layers
-
-
-def resolve_device(name: str) -> torch.device:
-    if name in ("auto", ""):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r} is not a device (use auto, cpu, cuda, cuda:N or mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine")
-    if device.type == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
-        raise UserError(f"--device {name}: MPS is not available on this machine")
-    return device
-
 
 # Devices with PyTorch's fused Adam kernel (torch.optim.Adam docs). It is the same update as the
 # per-tensor loop, one kernel over all parameters instead of a dozen small ones per tensor: on a

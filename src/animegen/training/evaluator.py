@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from animegen import metrics as measures
 from animegen.config import Config
 from animegen.data.cache import ImageSet
-from animegen.evaluate import DEFAULT_N_CPU, DEFAULT_N_GPU, evaluate
-from animegen.generate import LoadedGenerator
+from animegen.metrics.evaluation import DEFAULT_N_CPU, DEFAULT_N_GPU, evaluate
+from animegen.sampling import Sampler
 
 # FID when it is measured (lower is better); SWD otherwise.
 RANKING = ("fid", "swd")
@@ -53,11 +54,9 @@ class PeriodicEvaluator:
         self.metrics = tuple(m.strip() for m in cfg.train.eval_metrics.split(",") if m.strip())
         self.extractor = None
         if {"fid", "kid"} & set(self.metrics):
-            from animegen.metrics import InceptionFeatures, MetricsUnavailable
-
             try:
-                self.extractor = InceptionFeatures(None, device)
-            except MetricsUnavailable as e:
+                self.extractor = measures.InceptionFeatures(None, device)
+            except measures.MetricsUnavailable as e:
                 warn(f"{e}; evaluating with SWD only")
                 self.metrics = ("swd",)
         if "swd" in self.metrics and cfg.model.image_size < 16:
@@ -67,7 +66,7 @@ class PeriodicEvaluator:
     def __call__(self, net: nn.Module, iteration: int) -> EvalResult | None:
         if not self.metrics:
             return None
-        gen = LoadedGenerator(net, self.cfg.model, Path(f"<iteration {iteration}>"), self.device, {})
+        gen = Sampler(net, self.cfg.model, Path(f"<iteration {iteration}>"), self.device)
         result = evaluate(
             gen,
             self.real,

@@ -17,25 +17,28 @@ from typing import Any
 import numpy as np
 import torch
 
+from animegen import checkpoint_format as ckpt
+from animegen.choices import parse_policy
 from animegen.config import Config
-from animegen.data.batches import BatchFeeder, derived_seed
+from animegen.data.batches import BatchFeeder
 from animegen.data.cache import ImageSet, load_demo, load_folder
 from animegen.data.split import holdout_split
+from animegen.deconv_grad import MatmulGradConvTranspose2d
+from animegen.device import resolve_device
 from animegen.errors import CheckpointError, UserError
-from animegen.models import build_models
+from animegen.models import Generator, build_models
+from animegen.sampling import sample_images
+from animegen.streams import AUGMENT, BN_CALIBRATION, SAMPLE_GRID, TRAIN_NOISE, derived_seed
 from animegen.training import allocator, distributed
-from animegen.training import checkpoint as ckpt
-from animegen.training.augment import parse_policy
-from animegen.training.deconv_grad import MatmulGradConvTranspose2d
 from animegen.training.device import (
     apply_process_settings,
     compile_module,
     make_optimizers,
     place_models,
-    resolve_device,
     use_cuda_graph,
 )
 from animegen.training.ema import GeneratorEMA, calibrate_bn
+from animegen.training.evaluator import PeriodicEvaluator
 from animegen.training.graphed import CaptureError, GraphedStep
 from animegen.training.health import COLLAPSE, D_WINS, NONFINITE, HealthEvent, HealthMonitor
 from animegen.training.monitor import Monitor
@@ -65,9 +68,9 @@ def seed_everything(seed: int) -> None:
 BN_CALIBRATION_COUNT = 512
 
 
-def fixed_noise(count: int, z_dim: int, seed: int, stream: int = 3) -> torch.Tensor:
-    """The noise behind every epoch's sample grid (stream 3): drawn on the CPU so it is the same on
-    any device."""
+def fixed_noise(count: int, z_dim: int, seed: int, stream: int = SAMPLE_GRID) -> torch.Tensor:
+    """The noise behind every epoch's sample grid (or another fixed set of latents): drawn on the CPU
+    so it is the same on any device."""
     g = torch.Generator().manual_seed(derived_seed(seed, stream))
     return torch.randn(count, z_dim, 1, 1, generator=g)
 
@@ -149,7 +152,7 @@ class Trainer:
         self.ema = GeneratorEMA(self.netG, o.ema) if o.ema else None
         # The EMA generator's BatchNorm statistics are measured on these (training/ema.py).
         if self.ema is not None:
-            z = fixed_noise(BN_CALIBRATION_COUNT, cfg.model.z_dim, cfg.train.seed, stream=6)
+            z = fixed_noise(BN_CALIBRATION_COUNT, cfg.model.z_dim, cfg.train.seed, stream=BN_CALIBRATION)
             self.bn_noise = z.to(self.device)
         self._bn_calibrated_at = -1  # the EMA update count the statistics were measured at
         self.graphed = GraphedStep(self._plain_step, self.device) if graphed else None
@@ -198,8 +201,6 @@ class Trainer:
                 f"holding out {len(held_rows)} of {len(self.images)} images for evaluation (never trained on)"
             )
         if self.cfg.train.eval_every and self.dist.is_main:
-            from animegen.training.evaluator import PeriodicEvaluator
-
             self.evaluator = PeriodicEvaluator(
                 self.cfg, self.images, held_rows, self.device, warn=self.reporter.warn
             )
@@ -413,8 +414,6 @@ class Trainer:
     # ---- samples and logs -----------------------------------------------------------------------
 
     def write_samples(self, epoch_number: int) -> Path:
-        from animegen.generate import sample_images
-
         path = self.samples_dir / f"epoch_{epoch_number:03d}.png"
         if not self.dist.is_main:
             return path
@@ -431,8 +430,6 @@ class Trainer:
 
     def _sampling_net(self) -> torch.nn.Module:
         """The generator that samples and evaluation see: the EMA copy when there is one."""
-        from animegen.models import Generator
-
         net: torch.nn.Module = self.ema.module if self.ema is not None else self.netG
         if self.dist.enabled:
             # Synchronised BatchNorm would wait for the other ranks: sample from a plain copy.
@@ -682,7 +679,7 @@ class Trainer:
                 # Noise is a pure function of (seed, iteration): exact on resume, no state to carry.
                 # Each rank takes its slice of the global batch's noise, so N processes see the
                 # same noise as one process with the whole batch.
-                noise_gen.manual_seed(derived_seed(t.seed, 4, self.pos.iteration))
+                noise_gen.manual_seed(derived_seed(t.seed, TRAIN_NOISE, self.pos.iteration))
                 noise = torch.randn(t.batch_size, z_dim, 1, 1, device=noise_gen.device, generator=noise_gen)
                 lo = self.dist.rank * self.local_batch
                 noise = noise[lo : lo + self.local_batch].to(self.device)
@@ -713,7 +710,7 @@ class Trainer:
                         self.amp,
                         d_for_g=self.D_for_g,
                         augment=self.augment,
-                        aug_seed=derived_seed(t.seed, 7, self.pos.iteration),
+                        aug_seed=derived_seed(t.seed, AUGMENT, self.pos.iteration),
                         r1_weight=o.r1_gamma / 2 * o.r1_every if lazy_r1 else 0.0,
                     )
                 if self.ema is not None:

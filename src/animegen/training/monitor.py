@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from animegen.errors import UserError
+from animegen.runlog import read_log
 
 SCALARS = ("loss_D", "loss_G", "D_x", "D_G_z", "images_per_s", "fid", "kid", "swd")
 
@@ -58,20 +58,6 @@ class Monitor:
             plot_losses(self.run_dir / "log.jsonl", self.run_dir / "loss.png")  # the whole run
         if self.writer is not None:
             self.writer.close()
-
-
-def read_log(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    try:
-        text = Path(path).read_text()
-    except OSError:
-        return rows
-    for line in text.splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
-    return rows
 
 
 def plot_losses(log_path: Path, out: Path) -> Path | None:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from animegen.data.batches import derived_seed
+from animegen.streams import derived_seed
 from animegen.training.augment import diff_augment
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
