@@ -29,7 +29,7 @@ from animegen.training.device import (  # noqa: E402
     make_optimizers,
     place_models,
 )
-from animegen.training.loop import load_images  # noqa: E402
+from animegen.training.run import load_images  # noqa: E402
 from animegen.training.step import make_loss, resolve_amp, train_step  # noqa: E402
 
 

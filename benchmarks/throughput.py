@@ -531,22 +531,17 @@ def profile(bc: BenchConfig, args: argparse.Namespace, device: torch.device) -> 
     from torch.profiler import profile as torch_profile
 
     from animegen.data.batches import BatchFeeder
-    from animegen.models import build_models
-    from animegen.training.device import apply_process_settings, make_optimizers, place_models, use_cuda_graph
     from animegen.training.graphed import GraphedStep
-    from animegen.training.loop import load_images, seed_everything
-    from animegen.training.step import make_loss, train_step
+    from animegen.training.run import build_run, load_images
+    from animegen.training.step import train_step
 
     cfg = resolve(bc, args)
     t = cfg.train
-    apply_process_settings(t, device)  # as the trainer does, so the profiled step is the one it runs
-    seed_everything(t.seed)
-    netG, netD = build_models(cfg.model)
-    channels_last = place_models(netG, netD, t, device)
-    o = cfg.optim
-    graphed = use_cuda_graph(t, o, device)
-    optG, optD = make_optimizers(netG, netD, o, t, device, graphed)
-    loss = make_loss(o.loss, o.label_smoothing)
+    # The trainer's own setup (process settings, seeded networks, layout, optimisers), so the
+    # profiled step is the one it runs.
+    run = build_run(cfg, device)
+    netG, netD, optG, optD, loss = run.netG, run.netD, run.optG, run.optD, run.loss
+    channels_last, graphed = run.channels_last, run.graphed
 
     def plain(real: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         return train_step(netG, netD, optG, optD, real, noise, loss, t.amp)
@@ -688,7 +683,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from animegen.device import resolve_device
     from animegen.errors import UserError
-    from animegen.training.loop import load_images
+    from animegen.training.run import load_images
 
     try:
         device = resolve_device(args.device)
