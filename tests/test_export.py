@@ -16,6 +16,7 @@ from conftest import TINY, write_images
 
 from animegen import export, generate, load_generator, sampling
 from animegen.cli import main
+from animegen.cli.tools import add_export_parser
 from animegen.errors import UserError
 from animegen.sampling import bn_mode_context
 
@@ -44,7 +45,7 @@ def _latents(gen, n: int, seed: int = 0) -> torch.Tensor:
 def _cli(argv: list[str]) -> int:
     # The subcommand as `animegen` registers it, without depending on cli.py's wiring.
     parser = argparse.ArgumentParser(prog="animegen")
-    export.add_parser(parser.add_subparsers())
+    add_export_parser(parser.add_subparsers())
     args = parser.parse_args(argv)
     return args.func(args)
 
@@ -164,7 +165,7 @@ def test_bad_bn_mode(gen, tmp_path):
 
 def test_help_has_an_example():
     parser = argparse.ArgumentParser(prog="animegen")
-    p = export.add_parser(parser.add_subparsers())
+    p = add_export_parser(parser.add_subparsers())
     assert p.epilog.startswith("example")
     assert "--onnx" in p.format_help()
 

@@ -21,6 +21,7 @@ from PIL import Image
 
 from animegen import load_generator, serve
 from animegen.cli import main
+from animegen.cli.tools import add_serve_parser
 from animegen.errors import UserError
 from animegen.sampling import DEFAULT_BN_MODE
 from animegen.visual import make_grid
@@ -247,7 +248,7 @@ def test_busy_port_is_a_user_error():
 
 def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     parser = argparse.ArgumentParser(prog="animegen")
-    return parser, serve.add_parser(parser.add_subparsers())
+    return parser, add_serve_parser(parser.add_subparsers())
 
 
 def test_cli_handler(gen, monkeypatch, capsys):

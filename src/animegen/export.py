@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING
 
 from animegen.choices import BN_MODES, DEFAULT_BN_MODE
 from animegen.errors import UserError
-from animegen.helpformat import HelpFormatter
 
 if TYPE_CHECKING:
     from torch import nn
@@ -237,7 +236,8 @@ def check_onnx(gen: LoadedGenerator, path: str | os.PathLike, bn_mode: str = DEF
     return worst
 
 
-def _run(args: argparse.Namespace) -> int:
+def run_command(args: argparse.Namespace) -> int:
+    """`animegen export` (its arguments: cli/tools.py)."""
     from animegen.generate import load_generator
 
     if not args.onnx and not args.torchscript:
@@ -261,34 +261,3 @@ def _run(args: argparse.Namespace) -> int:
         path = export_torchscript(gen, args.torchscript, bn_mode=args.bn)
         print(f"wrote {path} (TorchScript, BatchNorm {args.bn}): {shapes}")
     return 0
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register `animegen export` on the CLI's subparsers."""
-    p = subparsers.add_parser(
-        "export",
-        help="write a generator as ONNX and/or TorchScript",
-        formatter_class=HelpFormatter,
-        description="Export the generator of CKPT (a checkpoint file, a run dir or a tutorial\n"
-        "netG_NNN.pth). The files take z float32 (batch, z_dim) and return images float32\n"
-        "(batch, 3, S, S) in [-1, 1]; the batch size is free.",
-        epilog="examples:\n  animegen export runs/default --onnx g.onnx\n"
-        "  animegen export runs/default --onnx g.onnx --torchscript g.pt --bn eval --opset 13",
-    )
-    p.add_argument("checkpoint", metavar="CKPT")
-    p.add_argument("--onnx", metavar="FILE", help="write an ONNX model here")
-    p.add_argument("--torchscript", metavar="FILE", help="write a traced TorchScript module here")
-    p.add_argument(
-        "--opset",
-        type=int,
-        default=DEFAULT_OPSET,
-        help=f"ONNX opset, {MIN_OPSET}-{MAX_OPSET} (17 runs on onnxruntime >= 1.13)",
-    )
-    p.add_argument(
-        "--bn",
-        choices=BN_MODES,
-        default=DEFAULT_BN_MODE,
-        help="BatchNorm in the file: batch statistics or running averages (see README)",
-    )
-    p.set_defaults(func=_run)
-    return p

@@ -23,11 +23,11 @@ import socket
 import sys
 import threading
 import time
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from animegen.choices import BN_MODES, CHUNK, DEFAULT_BN_MODE
 from animegen.errors import UserError
-from animegen.helpformat import HelpFormatter
 
 if TYPE_CHECKING:
     import numpy as np
@@ -236,259 +236,8 @@ _PAGE_HEADERS = {
 def _page(info: dict[str, Any]) -> str:
     # "</" cannot appear inside the inline script, whatever a checkpoint's file name is.
     config = json.dumps(info).replace("</", "<\\/")
-    return _PAGE.replace("__CONFIG__", config)
-
-
-_PAGE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>animegen</title>
-<link rel="icon" href="data:,">
-<style>
-:root { color-scheme: light dark; --bg: #f5f4f8; --card: #ffffff; --fg: #1f1c25; --muted: #6c6778;
-  --line: #e2dfe8; --accent: #d6336c; --well: #ebe8f0; }
-@media (prefers-color-scheme: dark) {
-  :root { --bg: #131217; --card: #1d1b23; --fg: #ece9f2; --muted: #9b96a8; --line: #2f2c37;
-    --accent: #f06595; --well: #111015; }
-}
-* { box-sizing: border-box; }
-body { margin: 0; background: var(--bg); color: var(--fg);
-  font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
-header { display: flex; flex-wrap: wrap; align-items: center; gap: .4rem 1.2rem; padding: .9rem 1.5rem;
-  border-bottom: 1px solid var(--line); background: var(--card); }
-header h1 { margin: 0; font-size: 1.3rem; letter-spacing: .01em; }
-header h1 b { color: var(--accent); }
-.meta { color: var(--muted); font-size: .88rem; }
-header .bn { flex-direction: row; align-items: center; gap: .5rem; }
-main { display: grid; grid-template-columns: minmax(0, 1fr) 300px; align-items: start; gap: 1.2rem;
-  max-width: 1200px; margin: 0 auto; padding: 1.2rem 1.5rem 2rem; }
-@media (max-width: 860px) { main { grid-template-columns: minmax(0, 1fr); } }
-.side { display: flex; flex-direction: column; gap: 1.2rem; }
-section { background: var(--card); border: 1px solid var(--line); border-radius: 14px;
-  padding: 1rem 1.1rem 1.1rem; }
-h2 { margin: 0 0 .8rem; font-size: 1.02rem; }
-form, .controls { display: flex; flex-wrap: wrap; align-items: flex-end; gap: .6rem; margin: 0 0 .9rem; }
-label { display: flex; flex-direction: column; gap: .2rem; font-size: .78rem; color: var(--muted); }
-input, select, button { font: inherit; color: var(--fg); background: var(--bg); border: 1px solid var(--line);
-  border-radius: 8px; padding: .34rem .55rem; }
-input[type=number] { width: 7.2rem; }
-input.small { width: 4.6rem; }
-#mix-card input[type=number] { width: 5.6rem; }
-button { cursor: pointer; }
-button:hover { border-color: var(--accent); }
-button.primary { background: var(--accent); border-color: var(--accent); color: #fff; font-weight: 600;
-  padding: .34rem 1.1rem; }
-.pic { position: relative; background: var(--well); border-radius: 10px; overflow: hidden; line-height: 0; }
-.pic img { width: 100%; height: auto; image-rendering: pixelated; transition: opacity .12s; }
-.busy .pic img { opacity: .55; }
-#grid { cursor: pointer; outline: none; }
-#grid:focus-visible { box-shadow: inset 0 0 0 3px var(--accent); }
-#marker { position: absolute; display: none; border: 2px solid var(--accent); border-radius: 3px;
-  box-shadow: 0 0 0 2px rgba(0, 0, 0, .35); pointer-events: none; }
-.foot { display: flex; justify-content: space-between; align-items: center; gap: 1rem; margin-top: .6rem;
-  font-size: .85rem; color: var(--muted); }
-a.dl { color: var(--accent); font-weight: 600; text-decoration: none; white-space: nowrap; }
-a.dl:hover { text-decoration: underline; }
-input[type=range] { width: 100%; padding: 0; accent-color: var(--accent); margin: .2rem 0 .8rem; }
-.tline { display: flex; justify-content: space-between; font-size: .8rem; color: var(--muted); }
-#status { flex: 1; margin: 0; font-size: .9rem; color: var(--muted); }
-#status.error { color: #e5484d; font-weight: 600; }
-</style>
-</head>
-<body>
-<header>
-  <h1>anime<b>gen</b></h1>
-  <span class="meta" id="meta"></span>
-  <p id="status" role="status" aria-live="polite"></p>
-  <label class="bn">BatchNorm
-    <select id="bn" title="statistics of the batch being drawn, or the running averages from training">
-      <option value="batch">batch</option><option value="eval">eval</option>
-    </select>
-  </label>
-</header>
-<main>
-  <section id="grid-card">
-    <h2>Faces from a seed</h2>
-    <form id="grid-form">
-      <label>seed <input id="seed" type="number" min="0" step="1" value="0" required></label>
-      <button type="button" id="dice" title="a random seed">random</button>
-      <label>faces <input id="n" class="small" type="number" min="1" step="1" required></label>
-      <label>per row <input id="nrow" class="small" type="number" min="1" step="1" value="8" required></label>
-      <button type="submit" id="generate" class="primary">Generate</button>
-    </form>
-    <div class="pic"><img id="grid" tabindex="0" alt="a grid of generated faces; click one to enlarge it">
-      <div id="marker"></div></div>
-    <div class="foot"><span id="grid-caption">Click a face to see it large.</span>
-      <a class="dl" id="grid-dl" hidden>Download grid PNG</a></div>
-  </section>
-  <div class="side">
-  <section id="face-card">
-    <h2>Face</h2>
-    <div class="pic"><img id="face" alt="the selected face, enlarged"></div>
-    <div class="foot"><span id="face-caption"></span><a class="dl" id="face-dl" hidden>Download PNG</a></div>
-  </section>
-  <section id="mix-card">
-    <h2>Between two seeds</h2>
-    <div class="controls">
-      <label>seed A <input id="seed-a" type="number" min="0" step="1" value="0" required></label>
-      <label>seed B <input id="seed-b" type="number" min="0" step="1" value="1" required></label>
-      <button type="button" id="swap" title="swap A and B">&#x21C4;</button>
-    </div>
-    <input id="t" type="range" min="0" max="1" step="0.01" value="0.5" aria-label="position between A and B">
-    <div class="tline"><span>A</span><span>t = <output id="t-out">0.50</output></span><span>B</span></div>
-    <div class="pic" style="margin-top:.5rem"><img id="mix" alt="a face between seed A and seed B"></div>
-    <div class="foot"><span>face 0 of each seed, spherical interpolation</span>
-      <a class="dl" id="mix-dl" hidden>Download PNG</a></div>
-  </section>
-  </div>
-</main>
-<script>
-"use strict";
-const CFG = __CONFIG__;
-const $ = (id) => document.getElementById(id);
-const state = { grid: null, face: 0, loads: 0 };
-
-function apiUrl(path, params) {
-  const q = new URLSearchParams(params);
-  q.set("bn", $("bn").value);
-  q.set("v", CFG.version);
-  return path + "?" + q.toString();
-}
-
-function setStatus(message, isError) {
-  $("status").textContent = message || "";
-  $("status").classList.toggle("error", Boolean(isError));
-}
-
-// Fetch a PNG, show it, and point the download link at it; a 4xx shows the server's message.
-async function show(img, link, href, filename) {
-  const response = await fetch(href);
-  if (!response.ok) {
-    let message = "HTTP " + response.status;
-    try { message = (await response.json()).error || message; } catch (e) { /* not JSON */ }
-    throw new Error(message);
-  }
-  const blob = await response.blob();
-  const old = img.src;
-  img.src = URL.createObjectURL(blob);
-  try { await img.decode(); } catch (e) { /* shown anyway */ }
-  if (old.startsWith("blob:")) URL.revokeObjectURL(old);
-  link.href = href;
-  link.download = filename;
-  link.hidden = false;
-}
-
-async function busy(cardId, work) {
-  $(cardId).classList.add("busy");
-  try { await work(); setStatus(""); } catch (e) { setStatus(e.message, true); }
-  finally { $(cardId).classList.remove("busy"); }
-}
-
-function generate() {
-  const seed = $("seed").value.trim(), n = $("n").value.trim(), nrow = $("nrow").value.trim();
-  return busy("grid-card", async () => {
-    const href = apiUrl("api/grid.png", { seed, n, nrow });
-    await show($("grid"), $("grid-dl"), href, `faces_seed${seed}_n${n}.png`);
-    state.grid = { seed: Number(seed), n: Number(n), cols: Math.min(Number(nrow), Number(n)) };
-    state.loads += 1;
-    Object.assign($("grid").dataset, { seed, n, loads: String(state.loads) });
-    $("grid-caption").textContent = `${n} faces from seed ${seed} \\u00b7 click one to enlarge it`;
-    await selectFace(0);
-  });
-}
-
-function placeMarker(index) {
-  const g = state.grid, img = $("grid"), cell = CFG.image_size + CFG.grid_padding;
-  const col = index % g.cols, row = Math.floor(index / g.cols), m = $("marker");
-  const w = img.naturalWidth, h = img.naturalHeight;
-  m.style.left = (100 * (col * cell + CFG.grid_padding / 2) / w) + "%";
-  m.style.top = (100 * (row * cell + CFG.grid_padding / 2) / h) + "%";
-  m.style.width = (100 * cell / w) + "%";
-  m.style.height = (100 * cell / h) + "%";
-  m.style.display = "block";
-}
-
-async function selectFace(index) {
-  const g = state.grid;
-  if (!g) return;
-  state.face = index;
-  placeMarker(index);
-  const href = apiUrl("api/face.png", { seed: g.seed, index, scale: CFG.face_scale });
-  await show($("face"), $("face-dl"), href, `face_seed${g.seed}_${index}.png`);
-  $("face-caption").textContent = `seed ${g.seed} \\u00b7 face ${index}`;
-}
-
-$("grid").addEventListener("click", (ev) => {
-  const g = state.grid, img = ev.currentTarget;
-  if (!g || !img.naturalWidth) return;
-  const box = img.getBoundingClientRect(), cell = CFG.image_size + CFG.grid_padding;
-  const x = (ev.clientX - box.left) * img.naturalWidth / box.width;
-  const y = (ev.clientY - box.top) * img.naturalHeight / box.height;
-  const rows = Math.ceil(g.n / g.cols);
-  const col = Math.max(0, Math.min(g.cols - 1, Math.floor((x - CFG.grid_padding / 2) / cell)));
-  const row = Math.max(0, Math.min(rows - 1, Math.floor((y - CFG.grid_padding / 2) / cell)));
-  const index = row * g.cols + col;
-  if (index < g.n) busy("face-card", () => selectFace(index));
-});
-
-$("grid").addEventListener("keydown", (ev) => {
-  const g = state.grid;
-  if (!g) return;
-  const step = { ArrowLeft: -1, ArrowRight: 1, ArrowUp: -g.cols, ArrowDown: g.cols }[ev.key];
-  if (step === undefined) return;
-  ev.preventDefault();
-  const index = state.face + step;
-  if (index >= 0 && index < g.n) busy("face-card", () => selectFace(index));
-});
-
-// The slider fires faster than faces are drawn: keep one request in flight and, when it ends,
-// draw only the newest position.
-let mixBusy = false, mixAgain = false;
-async function interpolate() {
-  if (mixBusy) { mixAgain = true; return; }
-  mixBusy = true;
-  try {
-    do {
-      mixAgain = false;
-      const a = $("seed-a").value.trim(), b = $("seed-b").value.trim();
-      const t = Number($("t").value).toFixed(2);
-      await busy("mix-card", () => show($("mix"), $("mix-dl"),
-        apiUrl("api/interpolate.png", { a, b, t, scale: CFG.face_scale }), `between_${a}_${b}_t${t}.png`));
-    } while (mixAgain);
-  } finally { mixBusy = false; }
-}
-
-$("grid-form").addEventListener("submit", (ev) => { ev.preventDefault(); generate(); });
-$("dice").addEventListener("click", () => {
-  $("seed").value = String(Math.floor(Math.random() * 1e6));
-  generate();
-});
-$("t").addEventListener("input", () => {
-  $("t-out").textContent = Number($("t").value).toFixed(2);
-  interpolate();
-});
-$("seed-a").addEventListener("change", interpolate);
-$("seed-b").addEventListener("change", interpolate);
-$("swap").addEventListener("click", () => {
-  [$("seed-a").value, $("seed-b").value] = [$("seed-b").value, $("seed-a").value];
-  interpolate();
-});
-$("bn").addEventListener("change", () => { generate(); interpolate(); });
-
-for (const id of ["seed", "seed-a", "seed-b"]) $(id).max = String(CFG.max_seed);
-$("n").max = $("nrow").max = String(CFG.max_n);
-$("n").value = String(Math.min(32, CFG.max_n));
-$("bn").value = CFG.default_bn;
-const trained = CFG.epochs_done != null ? ` \\u00b7 ${CFG.epochs_done} epochs` : "";
-$("meta").textContent = `${CFG.source} \\u00b7 ${CFG.arch} \\u00b7 ${CFG.image_size} px${trained}`;
-generate();
-interpolate();
-</script>
-</body>
-</html>
-"""
+    page = resources.files("animegen").joinpath("static/serve.html").read_text(encoding="utf-8")
+    return page.replace("__CONFIG__", config)
 
 
 def bind(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> socket.socket:
@@ -561,7 +310,8 @@ class BackgroundServer:
         self._sock.close()
 
 
-def _run(args: argparse.Namespace) -> int:
+def run_command(args: argparse.Namespace) -> int:
+    """`animegen serve` (its arguments: cli/tools.py)."""
     try:
         import fastapi  # noqa: F401 - only checks that the extra is installed
         import uvicorn
@@ -589,26 +339,3 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         sock.close()
     return 0
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register `animegen serve` on the CLI's subparsers."""
-    p = subparsers.add_parser(
-        "serve",
-        help="open a browser demo of a checkpoint (grid, large faces, interpolation)",
-        formatter_class=HelpFormatter,
-        description="Serve a local web page for CKPT (a checkpoint file, a run dir or a tutorial\n"
-        "netG_NNN.pth): faces from a seed, a face enlarged, a slider between two seeds, PNG\n"
-        "downloads. The page loads nothing from the internet.",
-        epilog="examples:\n  animegen serve runs/default            # then open http://127.0.0.1:7860/\n"
-        "  animegen serve runs/default --port 8000 --max-n 128",
-    )
-    p.add_argument("checkpoint", metavar="CKPT")
-    p.add_argument(
-        "--host", default=DEFAULT_HOST, help="address to listen on (0.0.0.0 exposes it to the network)"
-    )
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (0 picks a free one)")
-    p.add_argument("--max-n", type=int, default=DEFAULT_MAX_N, help="most faces one grid may ask for")
-    p.add_argument("--device", default="cpu", help="cpu, auto, cuda, cuda:N or mps")
-    p.set_defaults(func=_run)
-    return p

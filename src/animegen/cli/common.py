@@ -1,0 +1,29 @@
+"""What every subcommand's parser shares: exit codes, one-line usage errors, common flags."""
+
+from __future__ import annotations
+
+import argparse
+
+from animegen.choices import BN_MODES, DEFAULT_BN_MODE
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other bad input
+        self.exit(EXIT_USAGE, f"animegen: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_bn_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--bn",
+        choices=BN_MODES,
+        default=DEFAULT_BN_MODE,
+        help="BatchNorm statistics at sampling time (see README)",
+    )
+
+
+def _add_device_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
