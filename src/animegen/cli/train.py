@@ -181,7 +181,7 @@ def _train_process(args: argparse.Namespace, demo: bool, info) -> int:
         _, meta = ckpt.read_checkpoint(resume_path)
         cfg = Config.from_dict(meta.get("config", {}))
         for item in args.set:
-            from animegen.config import parse_override
+            from animegen.config_values import parse_override
 
             key, value = parse_override(item)
             set_value(cfg, key, value, "--set")
