@@ -31,7 +31,7 @@ from animegen.generate import (
     model_config_from_meta,
     resolve_checkpoint,
 )
-from animegen.models import Discriminator, normalize_state_dict_keys
+from animegen.models import build_discriminator, normalize_state_dict_keys
 from animegen.sampling import DEFAULT_BN_MODE, bn_mode_context
 
 NO_DISCRIMINATOR = "--best-of needs a training checkpoint with the discriminator"
@@ -41,7 +41,7 @@ NO_DISCRIMINATOR = "--best-of needs a training checkpoint with the discriminator
 class LoadedDiscriminator:
     """A discriminator ready to score, with where it came from."""
 
-    net: Discriminator
+    net: nn.Module
     config: ModelConfig
     source: Path
     device: torch.device
@@ -69,7 +69,7 @@ def load_discriminator(path: str | os.PathLike, device: str | torch.device = "cp
         raise CheckpointError(f"{source}: holds no discriminator; {NO_DISCRIMINATOR}")
     cfg = model_config_from_meta(meta, source)
     device = torch.device(device)
-    net = instantiate(Discriminator, cfg, state, source, device)
+    net = instantiate(build_discriminator, cfg, state, source, device)
     return LoadedDiscriminator(net, cfg, source, device)
 
 

@@ -12,7 +12,7 @@ from animegen.choices import layout, parse_policy
 from animegen.config_values import coerce, field_types, parse_override, read_config_file, switch_word
 from animegen.errors import UserError
 
-ARCHITECTURES = ("seed", "dcgan64")
+ARCHITECTURES = ("seed", "dcgan64", "fastgan")
 LOSSES = ("bce", "hinge")
 AMP_MODES = ("off", "bf16", "auto")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
@@ -26,7 +26,9 @@ SWITCHES = ("train.fused_adam", "train.cuda_graph", "train.cudnn_benchmark")
 class ModelConfig:
     """What the networks look like."""
 
-    arch: str = "seed"  # "seed": the tutorial's 96 px layout; "dcgan64": pytorch/examples' DCGAN
+    # "seed": the tutorial's 96 px layout; "dcgan64": pytorch/examples' DCGAN; "fastgan": FastGAN-style
+    # upsampling G with skip-layer excitation and a residual D (fastgan.py)
+    arch: str = "seed"
     image_size: int = 96
     z_dim: int = 100
     width: float = 1.0  # channel multiplier: 0.5 halves every hidden layer
@@ -150,6 +152,8 @@ class Config:
             raise UserError("train.batch_size must be >= 1 and train.epochs >= 0")
         if m.d_norm not in ("bn", "sn", "none"):
             raise UserError(f"model.d_norm must be bn, sn or none, not {m.d_norm!r}")
+        if m.arch == "fastgan" and m.d_norm != "bn":
+            raise UserError("model.arch=fastgan has a BatchNorm D only (model.d_norm=bn)")
         o = self.optim
         if o.label_smoothing and o.loss != "bce":
             raise UserError("optim.label_smoothing works with optim.loss=bce only")
@@ -261,33 +265,14 @@ def dcgan64_preset() -> Config:
 
 
 def modern_preset() -> Config:
-    """What the field learned after DCGAN, on the seed generator: SN + hinge, EMA, Adam (0, 0.9).
-
-    Batch 16 and DiffAugment off were picked by measurement (docs/quality.md, 64 px, 8,000 images,
-    held-out FID at n = 500): batch 64 with DiffAugment scored 426, batch 16 with it 402, batch 16
-    without it 318 (seed preset 352, default 340). DiffAugment stays a switch
-    (`--set optim.augment=color,translation,cutout`) for long runs on small folders, where D
-    overfitting is what it prevents; one epoch is too short to show that. Equal learning rates
-    2e-4 replaced TTUR (G 1e-4, D 4e-4) after the 70-minute 64 px study: held-out FID (n = 300)
-    314 / 331 / 317 against 401 / 322 / 328 at ~2k / 4k / 8k images, and a lower SWD at every
-    one of nine points. TTUR stays available through optim.lr_g / optim.lr_d.
-    A 20-epoch sweep on 1,000 faces at 32 px (held-out SWD, n = 500, 20,000 images) kept the rest:
-    DiffAugment 49.5 and R1 (gamma 0.1) 31.9 against 28.8 without either, EMA 0.99 27.9 against
-    0.999's 28.8 (within noise), and the EMA generator 28.8 against the raw one's 46.5.
-    """
+    """FastGAN-style networks (fastgan.py) with hinge loss, an EMA generator and flips: the preset
+    for the best faces at a small budget. Its choices and their measurements: docs/quality.md."""
     cfg = Config(preset="modern")
-    cfg.model.d_norm = "sn"
-    cfg.model.init = "dcgan"
-    cfg.optim = OptimConfig(
-        loss="hinge",
-        lr_g=2e-4,
-        lr_d=2e-4,
-        beta1=0.0,
-        beta2=0.9,
-        ema=0.999,
-    )
-    cfg.train.batch_size = 16
+    cfg.model = ModelConfig(arch="fastgan", width=0.5, init="dcgan")
+    cfg.optim = OptimConfig(loss="hinge", lr_g=2e-4, lr_d=2e-4, beta1=0.5, beta2=0.999, ema=0.999)
+    cfg.train.batch_size = 32
     cfg.train.channels_last = True
+    cfg.train.amp = "auto"
     cfg.data.hflip = True
     return cfg
 

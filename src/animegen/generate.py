@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from animegen import checkpoint_format as ckpt
 from animegen.config import ModelConfig
 from animegen.deconv_grad import fp32_products_pay, swap_in_matmul_layers
 from animegen.errors import CheckpointError, UserError
-from animegen.models import Generator, infer_model_config, normalize_state_dict_keys
+from animegen.models import build_generator, infer_model_config, normalize_state_dict_keys
 from animegen.sampling import CHUNK, DEFAULT_BN_MODE, Sampler
 from animegen.streams import INTERPOLATION, derived_seed
 from animegen.visual import save_grid, save_png
@@ -89,7 +90,7 @@ def load_generator(
             iteration=meta.get("iteration"),
             weights=prefix,
         )
-    net = instantiate(Generator, cfg, state, source, device)
+    net = instantiate(build_generator, cfg, state, source, device)
     if channels_last and device.type in ("cpu", "cuda"):
         net.to(memory_format=torch.channels_last)
     if channels_last and device.type == "cpu" and fp32_products_pay():
@@ -106,19 +107,23 @@ def model_config_from_meta(meta: dict, source: Path) -> ModelConfig:
 
 
 def instantiate(
-    cls: type[nn.Module], cfg: ModelConfig, state: dict[str, torch.Tensor], source: Path, device: torch.device
+    build: Callable[[ModelConfig], nn.Module],
+    cfg: ModelConfig,
+    state: dict[str, torch.Tensor],
+    source: Path,
+    device: torch.device,
 ) -> nn.Module:
-    """`cls(cfg)` with `state` loaded, on `device`, in eval mode.
+    """`build(cfg)` with `state` loaded, on `device`, in eval mode.
 
     Raises a CheckpointError naming `source` when the weights do not fit the configuration.
     """
     try:
-        net = cls(cfg)
+        net = build(cfg)
     except UserError as e:
         raise CheckpointError(f"{source}: {e}") from None
     missing_or_bad = _mismatch(net, state)
     if missing_or_bad:
-        what = cls.__name__.lower()
+        what = "discriminator" if "discriminator" in build.__name__ else "generator"
         raise CheckpointError(
             f"{source}: weights do not fit a {cfg.arch} {cfg.image_size} px {what} ({missing_or_bad})"
         )

@@ -1,4 +1,5 @@
-"""The generator and discriminator: the tutorial's seed layout and pytorch/examples' DCGAN, any size."""
+"""The generator and discriminator: the tutorial's seed layout and pytorch/examples' DCGAN, any size,
+and a factory for every architecture (fastgan.py holds the FastGAN-style pair)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from torch import nn
 from animegen.choices import layout
 from animegen.config import ModelConfig
 from animegen.errors import UserError
+from animegen.fastgan import FastDiscriminator, FastGenerator
 
 # The tutorial's widths at width=1.0: G's last hidden layer has 128 channels, D's first has 64.
 BASE_WIDTHS = {"seed": (128, 64), "dcgan64": (64, 64)}
@@ -117,9 +119,23 @@ def dcgan_init(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def build_models(cfg: ModelConfig) -> tuple[Generator, Discriminator]:
+def build_generator(cfg: ModelConfig) -> nn.Module:
+    """An untrained generator of cfg.arch (weights from PyTorch's default init)."""
+    if cfg.arch == "fastgan":
+        return FastGenerator(cfg)
+    return Generator(cfg)
+
+
+def build_discriminator(cfg: ModelConfig) -> nn.Module:
+    """An untrained discriminator of cfg.arch (weights from PyTorch's default init)."""
+    if cfg.arch == "fastgan":
+        return FastDiscriminator(cfg)
+    return Discriminator(cfg)
+
+
+def build_models(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
     """Fresh G and D; draws from torch's global RNG, so seed it first for reproducible weights."""
-    g, d = Generator(cfg), Discriminator(cfg)
+    g, d = build_generator(cfg), build_discriminator(cfg)
     if cfg.init == "dcgan":
         dcgan_init(g)
         dcgan_init(d)

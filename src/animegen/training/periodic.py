@@ -16,7 +16,7 @@ import torch
 
 from animegen import checkpoint_format as ckpt
 from animegen.errors import CheckpointError, UserError
-from animegen.models import Generator
+from animegen.models import build_generator
 from animegen.sampling import sample_images
 from animegen.training import allocator, distributed
 from animegen.training.ema import calibrate_bn
@@ -51,7 +51,7 @@ class PeriodicWork:
         net: torch.nn.Module = self.ema.module if self.ema is not None else self.netG
         if self.dist.enabled:
             # Synchronised BatchNorm would wait for the other ranks: sample from a plain copy.
-            plain = Generator(self.cfg.model).to(self.device)
+            plain = build_generator(self.cfg.model).to(self.device)
             plain.load_state_dict(distributed.unwrap(net).state_dict())
             net = plain
         if self.ema is not None and (self.dist.enabled or self._bn_calibrated_at != int(self.ema.n_averaged)):

@@ -20,7 +20,7 @@ from animegen.data.cache import ImageSet, load_demo, load_folder
 from animegen.data.split import holdout_split
 from animegen.deconv_grad import MatmulGradConvTranspose2d
 from animegen.errors import UserError
-from animegen.models import Generator, build_models
+from animegen.models import build_models
 from animegen.streams import BN_CALIBRATION, SAMPLE_GRID, derived_seed
 from animegen.training import distributed
 from animegen.training.device import (
@@ -88,7 +88,7 @@ class Run:
     local_batch: int  # the batch of one process
     reusing_memory: bool
     cudnn_benchmark: bool
-    netG: Generator
+    netG: torch.nn.Module
     netD: torch.nn.Module
     G: torch.nn.Module
     D: torch.nn.Module
