@@ -57,3 +57,13 @@ def test_modern_preset_is_fastgan_with_hinge_and_ema():
     cfg = build_config("modern")
     assert cfg.model.arch == "fastgan" and cfg.model.d_norm == "bn"
     assert cfg.optim.loss == "hinge" and cfg.optim.ema > 0
+
+
+def test_a_saved_modern_config_from_before_fastgan_keeps_its_networks():
+    from animegen.config import Config
+    from animegen.models import build_generator
+
+    old = Config.from_dict({"preset": "modern", "model": {"arch": "seed", "image_size": 32, "d_norm": "sn"}})
+    old.validate()
+    assert old.model.arch == "seed" and old.model.d_norm == "sn"
+    assert not isinstance(build_generator(old.model), FastGenerator)
