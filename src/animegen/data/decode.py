@@ -111,7 +111,8 @@ def _load_hwc_unchecked(path: str, size: int) -> np.ndarray:
         if isinstance(im, JpegImagePlugin.JpegImageFile):
             # DCT-domain downscaling by 2/4/8 is nearly free and good quality; asking for at
             # least 2x the target on the shorter side leaves the real antialiasing to the
-            # resampler below, so output quality is unchanged while big JPEGs decode 4-60x faster.
+            # resampler below, so output quality is unchanged while big JPEGs decode much faster
+            # (docs/design-notes.md).
             im.draft(None, (2 * size, 2 * size))
         # Force the full decode now, with ImageFile.LOAD_TRUNCATED_IMAGES left False, so that a
         # truncated file raises here instead of producing a half-grey image.

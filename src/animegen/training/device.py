@@ -16,9 +16,8 @@ from animegen.errors import UserError
 from animegen.training import allocator
 
 # Devices with PyTorch's fused Adam kernel (torch.optim.Adam docs). It is the same update as the
-# per-tensor loop, one kernel over all parameters instead of a dozen small ones per tensor: on a
-# 2-core CPU the seed networks' batch-8 step ran 1.08x faster with it (1.22x before freed memory
-# was kept between steps, when each of those kernels' temporaries cost fresh pages).
+# per-tensor loop, one kernel over all parameters instead of a dozen small ones per tensor, and
+# faster (docs/design-notes.md).
 FUSED_ADAM_DEVICES = ("cpu", "cuda", "mps", "xpu")
 
 
@@ -80,9 +79,8 @@ def compile_module(module: torch.nn.Module, mode: str, device: torch.device) -> 
     """torch.compile in train.compile's mode, without torch.compile's own CUDA graphs on CUDA.
 
     Those replay each compiled module on its own and reuse an output's memory at its next replay,
-    but a GAN step runs D three times and feeds G's output into D: on an H200 (torch 2.11) the
-    first "reduce-overhead" step failed with "accessing tensor output of CUDAGraphs that has been
-    overwritten by a subsequent run", in D's backward, with every output cloned as well.
+    but a GAN step runs D three times and feeds G's output into D, so the first step fails
+    (docs/design-notes.md).
     train.cuda_graph graphs the whole step instead (on by default on CUDA in the default preset).
     """
     if device.type == "cuda" and mode == "reduce-overhead":
@@ -97,9 +95,9 @@ def compile_module(module: torch.nn.Module, mode: str, device: torch.device) -> 
 
 def use_channels_last(t: TrainConfig, device: torch.device) -> bool:
     """Whether the models and batches are converted to channels_last."""
-    # On CUDA, inductor chooses convolution layouts itself (its layout optimisation); converting by
-    # hand as well made its stride check fail on G's first transposed convolution (H200, torch
-    # 2.11). CPU inductor handles channels_last models, so they stay converted there.
+    # On CUDA, inductor chooses convolution layouts itself; converting by hand as well made its
+    # stride check fail (docs/design-notes.md). CPU inductor handles channels_last models, so they
+    # stay converted there.
     return t.channels_last and not (t.compile != "off" and device.type == "cuda")
 
 
