@@ -38,6 +38,11 @@ def _glibc() -> ctypes.CDLL | None:
     return libc
 
 
+def available() -> bool:
+    """Whether this process's C library is glibc, whose allocator `keep_freed_memory` tunes."""
+    return _glibc() is not None
+
+
 def keep_freed_memory(limit: int = KEEP_BYTES) -> bool:
     """Keep freed blocks below `limit` bytes mapped for reuse; True where the C library took it."""
     libc = _glibc()
