@@ -24,13 +24,9 @@ from animegen.config import build_config  # noqa: E402
 from animegen.data.batches import BatchFeeder  # noqa: E402
 from animegen.device import resolve_device  # noqa: E402
 from animegen.models import build_models  # noqa: E402
-from animegen.training.device import (  # noqa: E402
-    apply_process_settings,
-    make_optimizers,
-    place_models,
-)
+from animegen.training.device import SpeedPlan  # noqa: E402
 from animegen.training.run import load_images  # noqa: E402
-from animegen.training.step import make_loss, resolve_amp, train_step  # noqa: E402
+from animegen.training.step import make_loss, train_step  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,16 +44,19 @@ def main(argv: list[str] | None = None) -> int:
     cfg = build_config(args.preset, overrides=overrides)
     device = resolve_device(args.device)
     t = cfg.train
-    apply_process_settings(t, device)  # threads and kept memory, as the trainer does
+    # The trainer's speed settings (threads, kept memory, layout, Adam's kernel, amp); the step runs
+    # eagerly here, so the optimisers are not made for a CUDA graph.
+    speed = SpeedPlan.resolve(t, cfg.optim, device).apply()
     images = load_images(cfg)
     netG, netD = build_models(cfg.model)
-    channels_last = place_models(netG, netD, t, device)
+    speed.place(netG, netD)
+    channels_last = speed.channels_last
     feeder = BatchFeeder(
         images.images, t.batch_size, device, seed=0, hflip=cfg.data.hflip, channels_last=channels_last
     )
-    optG, optD = make_optimizers(netG, netD, cfg.optim, t, device)
+    optG, optD = speed.optimizers(netG, netD, cfg.optim, graphed=False)
     loss = make_loss(cfg.optim.loss)
-    amp = resolve_amp(t.amp, device)
+    amp = speed.amp
     noise = torch.randn(t.batch_size, cfg.model.z_dim, 1, 1, device=device)
     if channels_last:
         noise = noise.contiguous(memory_format=torch.channels_last)

@@ -257,9 +257,9 @@ def _sync(device: torch.device) -> None:
 def compute_dtype(cfg: Config, device: torch.device) -> str:
     """What the convolutions compute in: bf16 under autocast; on a GPU, fp32 convolutions run as
     TF32 (cuDNN's default, torch.backends.cudnn.allow_tf32), so their peak is the TF32 one."""
-    from animegen.training.step import resolve_amp
+    from animegen.training.device import SpeedPlan
 
-    if resolve_amp(cfg.train.amp, device) == "bf16":
+    if SpeedPlan.resolve(cfg.train, cfg.optim, device).amp == "bf16":
         return "bf16"
     return "tf32" if device.type == "cuda" else "fp32"
 
@@ -541,7 +541,7 @@ def profile(bc: BenchConfig, args: argparse.Namespace, device: torch.device) -> 
     # profiled step is the one it runs.
     run = build_run(cfg, device)
     netG, netD, optG, optD, loss = run.netG, run.netD, run.optG, run.optD, run.loss
-    channels_last, graphed = run.channels_last, run.graphed
+    channels_last, graphed = run.speed.channels_last, run.speed.cuda_graph
 
     def plain(real: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         return train_step(netG, netD, optG, optD, real, noise, loss, t.amp)

@@ -21,7 +21,7 @@ from animegen.deconv_grad import (
     swap_in_matmul_layers,
 )
 from animegen.models import build_models
-from animegen.training.device import place_models
+from animegen.training.device import SpeedPlan
 from animegen.training.step import make_loss, train_step
 
 BF16 = dict(device_type="cpu", dtype=torch.bfloat16, cache_enabled=False)
@@ -115,7 +115,7 @@ def test_fp32_products_follow_the_kernels_pytorch_runs(monkeypatch, capability, 
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     cfg = preset("default")
     netG, netD = build_models(cfg.model)
-    place_models(netG, netD, cfg.train, torch.device("cpu"))
+    SpeedPlan.resolve(cfg.train, cfg.optim, torch.device("cpu")).place(netG, netD)
     swapped = [m for m in netG.modules() if isinstance(m, MatmulGradConvTranspose2d)]
     # 1024 -> 512 over 4x4, and 512 -> 256 (over 8x8, so it keeps oneDNN's kernels when it runs)
     assert [m.in_channels for m in swapped] == [1024, 512]
@@ -124,7 +124,7 @@ def test_fp32_products_follow_the_kernels_pytorch_runs(monkeypatch, capability, 
     # The seed preset keeps the tutorial's kernels, so its fp32 step stays the tutorial's bit for bit.
     seed = preset("seed")
     netG, netD = build_models(seed.model)
-    place_models(netG, netD, seed.train, torch.device("cpu"))
+    SpeedPlan.resolve(seed.train, seed.optim, torch.device("cpu")).place(netG, netD)
     assert not any(isinstance(m, MatmulGradConvTranspose2d) for m in netG.modules())
 
 

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from animegen.data import images
+from animegen.data import decode, images
 from animegen.data.images import (
     BadImage,
     DataError,
@@ -279,7 +279,7 @@ def test_unreadable_file(tmp_path, monkeypatch):
         def denied(*args, **kwargs):
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-        monkeypatch.setattr(images, "open", denied, raising=False)
+        monkeypatch.setattr(decode, "open", denied, raising=False)
     else:
         path.chmod(0)
     try:
@@ -411,10 +411,10 @@ def test_16bit_png_is_scaled_not_clipped(tmp_path):
 def test_high_depth_helpers():
     f = Image.fromarray(np.tile(np.linspace(0, 1, 8, dtype=np.float32), (8, 1)))
     assert f.mode == "F"
-    out = np.asarray(images._high_depth_to_l(f))
+    out = np.asarray(decode._high_depth_to_l(f))
     assert out[0, 0] == 0 and out[0, -1] == 255
     i32 = Image.fromarray(np.tile(np.array([-5, 0, 5, 1000], dtype=np.int32), (4, 1)))
-    out = np.asarray(images._high_depth_to_l(i32))
+    out = np.asarray(decode._high_depth_to_l(i32))
     assert out[0, 0] == 0 and out[0, -1] == 255 and out.dtype == np.uint8
 
 
@@ -451,7 +451,7 @@ def test_good_images_emit_no_warnings(corpus, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for path in [corpus / n for n in GOOD] + extra:
-            assert images._load_hwc(str(path), S).shape == (S, S, 3)
+            assert decode._load_hwc(str(path), S).shape == (S, S, 3)
         # the public API under -W error: bad files (bombs in Pillow's warning range included)
         # are clean BadImages, and no filters leak out
         for name in BAD:

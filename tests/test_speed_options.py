@@ -14,6 +14,7 @@ from animegen.data.batches import BatchFeeder, upload
 from animegen.errors import UserError
 from animegen.models import build_models
 from animegen.training.device import (
+    SpeedPlan,
     compile_module,
     make_optimizers,
     use_channels_last,
@@ -109,6 +110,30 @@ def test_cudnn_autotuner_is_turned_on_for_cuda_runs_that_ask(monkeypatch: pytest
     assert torch.backends.cudnn.benchmark is False
     assert use_cudnn_benchmark(TrainConfig(cudnn_benchmark="auto"), cuda)
     assert torch.backends.cudnn.benchmark is True
+
+
+def test_speed_plan_is_decided_once_and_frozen(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    cuda = torch.device("cuda")
+    default = build_config("default")
+    plan = SpeedPlan.resolve(default.train, default.optim, cuda)
+    assert (plan.cuda_graph, plan.cudnn_benchmark, plan.fused_adam, plan.channels_last) == (True,) * 4
+    assert (plan.amp, plan.matmul_deconv_grads, plan.reuse_memory, plan.notes) == ("off", False, False, ())
+    assert torch.backends.cudnn.benchmark is False  # deciding changes nothing; apply() does
+    with pytest.raises(AttributeError):
+        plan.amp = "bf16"  # type: ignore[misc]
+    # Two processes: no CUDA graph under auto, and "on" is refused outright.
+    assert not SpeedPlan.resolve(default.train, default.optim, cuda, world_size=2).cuda_graph
+    with pytest.raises(UserError, match="one process"):
+        SpeedPlan.resolve(TrainConfig(cuda_graph="on"), OptimConfig(), cuda, world_size=2)
+    seed = build_config("seed")
+    cpu_plan = SpeedPlan.resolve(seed.train, seed.optim, torch.device("cpu"))
+    assert not (cpu_plan.fused_adam or cpu_plan.matmul_deconv_grads or cpu_plan.cuda_graph)
+    on = TrainConfig(cudnn_benchmark="on", cuda_graph="on")
+    assert SpeedPlan.resolve(on, OptimConfig(), torch.device("cpu")).notes == (
+        "train.cudnn_benchmark: no cuDNN on cpu; ignored",
+        "train.cuda_graph: no CUDA graphs on cpu; runs eagerly",
+    )
 
 
 def test_cuda_graph_auto_only_where_a_graph_replays_the_same_step():

@@ -205,8 +205,7 @@ def seed_preset() -> Config:
     """The tutorial exactly: 96 px seed networks, batch 8, 25 epochs, BCE, Adam 2e-4/0.5, no flip."""
     cfg = Config(preset="seed")
     # PyTorch's per-tensor Adam loop, the tutorial's optimiser: the step then equals the tutorial's
-    # bit for bit on a CPU. The fused kernel is the same update in another rounding order and was
-    # only 8% faster here once freed memory is reused (2-core CPU, batch 8: x1.63 against x1.50).
+    # bit for bit on a CPU; the fused kernel rounds in another order for little gain (docs/design-notes.md).
     cfg.train.fused_adam = "off"
     # PyTorch's own convolution kernels: G's gradients as matrix products would be the same
     # arithmetic in another rounding order on CPUs where they run in fp32 (AVX2 kernels).
@@ -222,13 +221,10 @@ def default_preset() -> Config:
     cfg.train.epochs = 25
     cfg.train.channels_last = True
     # bf16 only where it measured faster at equal quality (training/step.py, resolve_amp): a CPU with
-    # native bf16 (2-core AMD EPYC: 1.7x faster, held-out SWD at 1,000 steps 74.0 vs fp32's 73.9,
-    # six seeds each, sd ~11). fp32 on a GPU (H200: no faster at batch 64, SWD 83 vs 67) and on
-    # CPUs that emulate bf16 (~18x slower).
+    # native bf16; fp32 on a GPU and on CPUs that emulate bf16 (docs/design-notes.md).
     cfg.train.amp = "auto"
-    # CUDA: the whole step as one CUDA graph, convolution algorithms timed once. H200, batch 64:
-    # x2.8-3.0 the eager step's images/s, held-out SWD within run-to-run noise (six seeds each;
-    # docs/performance.md). Nothing changes off CUDA.
+    # CUDA: the whole step as one CUDA graph, convolution algorithms timed once: several times the
+    # eager step's speed at the same quality (docs/design-notes.md). Nothing changes off CUDA.
     cfg.train.cuda_graph = "auto"
     cfg.train.cudnn_benchmark = "auto"
     cfg.data.hflip = True
@@ -241,15 +237,14 @@ def demo_preset() -> Config:
     cfg.model = ModelConfig(arch="dcgan64", image_size=64, width=0.5, d_first_bn=False, init="dcgan")
     cfg.data.hflip = True
     cfg.data.demo_count = 5000
-    # Measured on the demo faces: batch 64 let D win outright within an epoch (D(G(z)) ~0.08) and G
-    # collapsed to one face; twice the G updates and one-sided label smoothing keep it learning.
+    # On the demo faces a larger batch let D win and G collapse; twice the G updates and one-sided
+    # label smoothing keep it learning (docs/design-notes.md).
     cfg.optim.label_smoothing = 0.2
     cfg.train.batch_size = 32
     cfg.train.epochs = 8
     cfg.train.channels_last = True
-    # bf16 where the CPU multiplies it natively: on the 2-core AVX-512 BF16 EPYC the demo took 62-66
-    # instead of 87-95 s, held-out SWD after 8 epochs 77.6 +- 13.4 against fp32's 96.2 +- 31.8
-    # (seeds 0-3; docs/performance.md). fp32 elsewhere, as in the default preset.
+    # bf16 where the CPU multiplies it natively (faster, no worse; docs/design-notes.md); fp32
+    # elsewhere, as in the default preset.
     cfg.train.amp = "auto"
     cfg.run.name = "demo"
     return cfg

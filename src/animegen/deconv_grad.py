@@ -1,13 +1,12 @@
 """G's wide transposed convolutions as matrix products on a CPU: their gradients under bf16, the
 whole layer (sampling too) in fp32 where PyTorch runs AVX2 kernels.
 
-oneDNN's bf16 weight-gradient kernel for a transposed convolution over a 4x4 input is slow: for
-G's 1024 -> 512 layer at batch 64 it took 115-118 ms on the 2-core AVX-512 CPU where the same
-product as unfold + one bf16 matrix multiply took 30-45 ms (x10 at batch 8), about a fifth of the
-default preset's step (docs/performance.md). Here both gradients are products over the same
+oneDNN's bf16 weight-gradient kernel for a transposed convolution over a 4x4 input is slow, several
+times slower than the same product as unfold + one bf16 matrix multiply (docs/design-notes.md).
+Here both gradients are products over the same
 unfolded output gradient, from the same bf16 operands with fp32 accumulation; the forward pass
 stays oneDNN's in bf16 (as products it would round each product to bf16 before their sum). For
-narrow layers (256 -> 128) or inputs from 8x8 up oneDNN was faster, so only wide layers over small
+narrow layers or inputs from 8x8 up oneDNN was faster, so only wide layers over small
 inputs take this route, and only on a CPU. In fp32 it pays only with AVX2 kernels and from 1024
 input channels (see fp32_products_pay), and there the forward is a product too; the seed preset
 turns the route off, so its fp32 step stays the tutorial's bit for bit. GPUs never take it.
@@ -27,10 +26,8 @@ MIN_IN_CHANNELS_FP32 = 1024
 def fp32_products_pay() -> bool:
     """Whether fp32 products beat oneDNN's fp32 kernels on this CPU.
 
-    On the 2-core EPYC with every kernel library held to AVX2, G's 1024 -> 512 layer at batch 64
-    took 97 against 150 ms forward and 324-333 against 417-429 ms forward (oneDNN's) + backward;
-    with AVX-512 kernels oneDNN's forward was 2.2x faster (41 against 92 ms), the backward tied and
-    the default step was ~2% slower. 512 -> 256 lost by x1.7 either way, hence MIN_IN_CHANNELS_FP32.
+    Products won over AVX2 kernels and lost to AVX-512 ones, and lost for narrower layers either
+    way, hence MIN_IN_CHANNELS_FP32 (docs/design-notes.md).
     """
     return torch.backends.cpu.get_cpu_capability() == "AVX2"
 

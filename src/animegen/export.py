@@ -141,9 +141,9 @@ def export_onnx(
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-            # dynamo=False: torch >= 2.9 defaults to the torch.export-based exporter, which takes
-            # ~20 s for this small net, needs onnxscript, and only writes opset >= 18 (older ones by
-            # a lossy conversion). The TorchScript-based one writes the asked opset in a second.
+            # dynamo=False: torch >= 2.9 defaults to the torch.export-based exporter, which is slow,
+            # needs onnxscript and only writes recent opsets; the TorchScript-based one writes the
+            # asked opset quickly (docs/design-notes.md).
             # torch < 2.5 has no `dynamo` argument and always uses the TorchScript-based one.
             choose = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
             try:

@@ -67,10 +67,10 @@ def load_generator(
 ) -> LoadedGenerator:
     """Load G from an animegen checkpoint, a run dir (its newest checkpoint) or a tutorial netG_NNN.pth.
 
-    With channels_last (CPU and CUDA) the weights take that layout, which made the default 96 px G
-    1.3x faster at sampling on a 2-core CPU (245 -> 186 ms per 64 faces); a face's pixels move by at
-    most 1 in rare places (rounding order). On a CPU where PyTorch runs AVX2 kernels G's widest
-    layer then draws as one matrix product. Export asks for the plain layout and PyTorch's layers.
+    With channels_last (CPU and CUDA) the weights take that layout, which samples faster; a face's
+    pixels move by at most 1 in rare places (rounding order; docs/design-notes.md). On a CPU where
+    PyTorch runs AVX2 kernels G's widest layer then draws as one matrix product. Export asks for the
+    plain layout and PyTorch's layers.
     """
     source, notes = resolve_checkpoint(path)
     device = torch.device(device)
@@ -178,9 +178,9 @@ def write_files(
 ) -> list[Path]:
     """One PNG per face, named by seed and index so runs with different seeds don't collide.
 
-    PNG encoding (~2.4 ms a 96 px face, zlib releases the GIL) runs in two writer threads while the
-    generator draws the next chunk: 1.2x the faces per second of writing in turn on 2 CPU cores. At
-    most two chunks wait in the writers, so memory stays bounded for any n.
+    PNG encoding (zlib releases the GIL) runs in two writer threads while the generator draws the
+    next chunk, which is faster than writing in turn (docs/design-notes.md). At most two chunks
+    wait in the writers, so memory stays bounded for any n.
     """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)

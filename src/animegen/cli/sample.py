@@ -25,8 +25,8 @@ def _generate(args: argparse.Namespace) -> int:
     if gen.device.type == "cpu":
         from animegen.training import allocator
 
-        # Chunk after chunk frees and reallocates the same buffers: keeping them mapped made the
-        # default 96 px G draw 64 faces in 139 instead of 172 ms on a 2-core CPU.
+        # Chunk after chunk frees and reallocates the same buffers: keeping them mapped is faster
+        # (docs/design-notes.md).
         allocator.keep_freed_memory()
     for note in gen.info.get("notes", []):
         print(f"warning: skipped damaged checkpoint: {note}", file=sys.stderr)

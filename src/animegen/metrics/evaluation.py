@@ -20,7 +20,7 @@ from animegen.sampling import Sampler
 from animegen.visual import make_grid, save_png
 
 METRICS = ("fid", "kid", "swd")
-# Inception on a 2-core CPU runs at roughly 10-20 images/s, so 10k + 10k images would take hours there.
+# Inception is slow on a CPU: 10k + 10k images would take hours there (docs/design-notes.md).
 DEFAULT_N_GPU = 10_000
 DEFAULT_N_CPU = 1_000
 

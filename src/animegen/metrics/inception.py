@@ -134,8 +134,8 @@ class InceptionFeatures:
         if x.shape[0] == 0:
             return torch.empty(0, FEATURE_DIM, device=self.device)
         if self.device.type == "cpu":
-            # oneDNN runs this network ~40% faster on channels_last input (13 -> 18 images/s on 2
-            # cores, docs/performance.md); the features move by float rounding only (~6e-6).
+            # oneDNN runs this network faster on channels_last input; the features move by float
+            # rounding only (docs/design-notes.md).
             x = x.contiguous(memory_format=torch.channels_last)
         feats = self.model(x)
         if feats.ndim != 2 or feats.shape[1] != FEATURE_DIM:

@@ -139,7 +139,8 @@ def _wasserstein1_sorted(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _sorted_rows(t: torch.Tensor) -> torch.Tensor:
     if t.device.type == "cpu":
-        # numpy's sort is ~10x faster than torch.sort on CPU and allocates no index tensor.
+        # numpy's sort is faster than torch.sort on CPU and allocates no index tensor
+        # (docs/design-notes.md).
         arr = t.contiguous().numpy()
         arr.sort(axis=1)  # in place: t is a temporary projection
         return torch.from_numpy(arr)

@@ -3,9 +3,9 @@
 Every step frees and allocates the same activation, gradient and convolution scratch buffers.
 With glibc's defaults the larger ones are mmap'ed and unmapped each time and the heap's free top is
 handed back to the kernel, so the next step touches fresh pages that the kernel must fault in and
-zero: ~40,000 page faults per seed-preset step at batch 8 on a 2-core CPU, about a quarter of the
-step. Raising the mmap and trim thresholds keeps those pages (~300 faults per step, the step 1.3x
-faster); PyTorch's CPU tuning guide gets the same from jemalloc or tcmalloc, this needs neither.
+zero, a large share of a CPU step. Raising the mmap and trim thresholds keeps those pages
+(docs/design-notes.md); PyTorch's CPU tuning guide gets the same from jemalloc or tcmalloc, this
+needs neither.
 The kept memory is what one step needs anyway; `release_freed_memory` returns it at epoch ends,
 so what checkpoint writes and evaluations freed does not pile up across epochs.
 
@@ -36,6 +36,11 @@ def _glibc() -> ctypes.CDLL | None:
     except (OSError, AttributeError):
         return None
     return libc
+
+
+def available() -> bool:
+    """Whether this process's C library is glibc, whose allocator `keep_freed_memory` tunes."""
+    return _glibc() is not None
 
 
 def keep_freed_memory(limit: int = KEEP_BYTES) -> bool:

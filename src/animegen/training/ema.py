@@ -28,8 +28,8 @@ class GeneratorEMA:
         """The decay for the n-th update, ramped up from ~0.1 (the common EMA warm-up).
 
         With a fixed 0.999 the average needs ~1,000 updates to forget the random initial weights,
-        so for the first thousand steps samples and evaluations showed noise (seen on a GPU run of
-        the modern preset: a grey grid at 600 steps). (1 + n) / (10 + n) lets it follow G early.
+        so early samples and evaluations showed noise (docs/design-notes.md). (1 + n) / (10 + n)
+        lets it follow G early.
         """
         if not self.warmup:
             return self.decay
@@ -54,10 +54,8 @@ def calibrate_bn(net: nn.Module, noise: torch.Tensor, batch: int = 64) -> None:
     """Set net's BatchNorm running statistics to those of its own activations over `noise`.
 
     An averaged generator's activations differ from those of any generator it averaged, so the
-    running statistics G collected in training do not fit it, averaged or not. On the modern preset
-    after 85 minutes on the full 96 px set (held-out SWD, n = 2,340) the EMA generator scored 135.1
-    with averaged statistics in eval mode, 65.8 with batch statistics, 66.9 with statistics from
-    this function (67.4 from another 512 latents), the raw G 48.5. Recomputing
+    running statistics G collected in training do not fit it, averaged or not: averaged statistics
+    scored far worse than recomputed ones (docs/design-notes.md). Recomputing
     the statistics ("standing statistics", BigGAN) is what torch.optim.swa_utils.update_bn does for
     averaged weights. The result depends only on the weights and the noise, so calling it at any
     time leaves a run's trajectory, and exact resume, untouched.

@@ -1,10 +1,8 @@
 """The whole training step captured once as a CUDA graph and replayed every iteration.
 
-On an H200 the eager default-preset step took 8.6 ms at batch 64 and 10.1 ms at batch 8, while the
-arithmetic of a batch-64 step is 0.64 ms at the TF32 peak (docs/performance.md): the time goes to
-Python launching ~210 small kernels a step (three D passes, two backward passes, BatchNorm, Adam).
-A CUDA graph launches the recorded kernels in one call, so the step costs what the GPU needs: on
-the same card, 3.3-3.7 ms against 9.3-10.1 ms eager, the GPU busy ~95% of the step (2026-11-29).
+On a fast GPU the eager step's time goes to Python launching ~210 small kernels a step (three D
+passes, two backward passes, BatchNorm, Adam), not to arithmetic. A CUDA graph launches the recorded
+kernels in one call, so the step costs what the GPU needs (docs/design-notes.md).
 
 Unlike torch.compile's "reduce-overhead" this captures everything, optimisers included, and needs
 no inductor (whose convolution stride checks failed on this generator, see training/device.py).

@@ -39,7 +39,7 @@ def sample_diversity(images: torch.Tensor, value_range: tuple[float, float] = (-
     by default), so a uint8 batch and a float batch of the same pictures score the same. Images
     are area-downsampled to at most 32 px a side first: the question is whether the samples are
     different faces, not whether their fine detail differs. 0 means the images are identical;
-    independent uniform noise at 32 px or less scores about 0.41.
+    independent uniform noise scores about 0.4 (docs/design-notes.md).
     """
     flat = _flat(images, value_range, "sample_diversity")
     n = flat.shape[0]
@@ -93,18 +93,13 @@ class HealthMonitor:
       and D(x) stays near it, so pass a `d_x_above` below 1 - s if the check should apply there.
     collapse: the fake batch's `sample_diversity` below `collapse_fraction` of a real batch's.
       Different noise should draw different faces, nearly as unlike each other as real faces; a G
-      collapsed to one or two faces scores near 0 (0.04-0.1 measured). Trained runs scored
-      0.7-0.95. A G that has collapsed to a handful of faces still scores high (0.81-0.90 for 2-16
-      faces drawn 64 times), so a second test counts twins: samples whose nearest other sample is
-      closer than `twin_fraction` of the real faces' median nearest distance. A share of twins of
-      `twin_share` or more is collapse. Measured on 64 samples against 64 real 64 px faces: the
-      few-face collapses above 100% twins at any fraction from 0.25 to 0.5 (their nearest
-      distances are 7% of the real ones); runs of the quality study that already drew faces
-      (seed at 500 iterations, modern at 62-248) 0% at 0.25 but up to 56% at 0.5, hence 0.25;
-      real against real 0%.
-      Checks before `sample_warmup_iters` are skipped, because runs start
-      below the line (an untrained G draws near-identical grey images, about 0.1) and the demo
-      presets wandered between 0.04 and 0.33 for their first 1400 iterations, then recovered.
+      collapsed to one or two faces scores near 0, trained runs well above. A G that has collapsed
+      to a handful of faces still scores high, so a second test counts twins: samples whose nearest
+      other sample is closer than `twin_fraction` of the real faces' median nearest distance. A
+      share of twins of `twin_share` or more is collapse; 0.25 separates collapsed runs from
+      healthy ones (docs/design-notes.md). Checks before `sample_warmup_iters` are skipped,
+      because runs start below the line (an untrained G draws near-identical grey images) and
+      early runs wander below it before recovering.
     nonfinite: any of the four statistics is NaN or infinite.
 
     d_wins and collapse warn once, then again only after the condition has cleared and come back.

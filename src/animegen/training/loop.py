@@ -26,7 +26,7 @@ from animegen.training.health import NONFINITE, HealthMonitor
 from animegen.training.monitor import Monitor
 from animegen.training.periodic import PeriodicWork, RolledBack
 from animegen.training.progress import Reporter
-from animegen.training.run import build_run, check_run_dir, current_rss_mb, describe, fixed_noise, load_data
+from animegen.training.run import build_run, check_run_dir, current_rss_mb, fixed_noise, load_data
 from animegen.training.state import Position, TrainingState
 from animegen.training.step import train_step
 
@@ -55,12 +55,12 @@ class Trainer(TrainingState, PeriodicWork):
             run.optD,
             run.loss,
             run.augment,
-            run.amp,
+            run.speed.amp,
         )
-        self.ema, self.bn_noise, self.channels_last = run.ema, run.bn_noise, run.channels_last
-        self.local_batch, self.reusing_memory = run.local_batch, run.reusing_memory
+        self.ema, self.bn_noise, self.channels_last = run.ema, run.bn_noise, run.speed.channels_last
+        self.local_batch, self.reusing_memory = run.local_batch, run.speed.reuse_memory
         self._bn_calibrated_at = -1  # the EMA update count the statistics were measured at
-        self.graphed = GraphedStep(self._plain_step, self.device) if run.graphed else None
+        self.graphed = GraphedStep(self._plain_step, self.device) if run.speed.cuda_graph else None
         z_dim = cfg.model.z_dim
         self.fixed_noise = fixed_noise(cfg.train.sample_count, z_dim, cfg.train.seed).to(self.device)
         self.resume_from = resume_from
@@ -124,7 +124,7 @@ class Trainer(TrainingState, PeriodicWork):
             self.reporter.info(self.describe_setup())
 
     def describe_setup(self) -> str:
-        return describe(self.parts, self.graphed is not None, self.feeder.resident)
+        return self.parts.speed.describe(self.cfg.train.batch_size, self.netG, self.feeder.resident)
 
     def run(self) -> dict[str, Any]:
         self._t_start = time.perf_counter()

@@ -18,8 +18,8 @@ SCALARS = ("loss_D", "loss_G", "D_x", "D_G_z", "images_per_s", "fid", "kid", "sw
 class Monitor:
     """Receives log rows and epoch grids; writes TensorBoard events (optional) and loss.png."""
 
-    # Drawing loss.png with matplotlib takes ~0.2-2 s; on a GPU an epoch of a small folder can take
-    # about as long, so the plot is redrawn at most this often (and once more at the end).
+    # Drawing loss.png can take as long as a GPU epoch of a small folder (docs/design-notes.md), so
+    # the plot is redrawn at most this often (and once more at the end).
     PLOT_INTERVAL_S = 30.0
 
     def __init__(self, run_dir: Path, tensorboard: bool = False, plot: bool = True):

@@ -18,20 +18,13 @@ from animegen.choices import parse_policy
 from animegen.config import Config
 from animegen.data.cache import ImageSet, load_demo, load_folder
 from animegen.data.split import holdout_split
-from animegen.deconv_grad import MatmulGradConvTranspose2d
 from animegen.errors import UserError
 from animegen.models import build_models
 from animegen.streams import BN_CALIBRATION, SAMPLE_GRID, derived_seed
 from animegen.training import distributed
-from animegen.training.device import (
-    apply_process_settings,
-    compile_module,
-    make_optimizers,
-    place_models,
-    use_cuda_graph,
-)
+from animegen.training.device import SpeedPlan, compile_module
 from animegen.training.ema import GeneratorEMA
-from animegen.training.step import make_loss, resolve_amp
+from animegen.training.step import make_loss
 
 
 def current_rss_mb() -> float | None:
@@ -50,8 +43,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# 8 batches of 64. On the 96 px modern-preset EMA generator two sets of 512 latents gave held-out
-# SWD 66.9 and 67.4 (n = 2,340): the statistics are settled at this count.
+# 8 batches of 64: enough latents that the recomputed statistics are settled (docs/design-notes.md).
 BN_CALIBRATION_COUNT = 512
 
 
@@ -86,16 +78,12 @@ class Run:
     device: torch.device
     dist: distributed.DistInfo
     local_batch: int  # the batch of one process
-    reusing_memory: bool
-    cudnn_benchmark: bool
+    speed: SpeedPlan  # every speed setting, as applied
     netG: torch.nn.Module
     netD: torch.nn.Module
     G: torch.nn.Module
     D: torch.nn.Module
     D_for_g: torch.nn.Module
-    channels_last: bool
-    amp: str
-    graphed: bool  # the step is to run through GraphedStep
     optG: torch.optim.Adam
     optD: torch.optim.Adam
     loss: Callable
@@ -116,10 +104,10 @@ def build_run(
     t, o = cfg.train, cfg.optim
     if t.batch_size % dist.world_size:
         raise UserError(f"--batch-size {t.batch_size} must divide evenly over {dist.world_size} ranks")
-    reusing_memory, cudnn_benchmark = apply_process_settings(t, device)
+    speed = SpeedPlan.resolve(t, o, device, dist.world_size).apply()
     seed_everything(t.seed)
     netG, netD = build_models(cfg.model)
-    channels_last = place_models(netG, netD, t, device)
+    speed.place(netG, netD)
     if t.sync_bn and dist.enabled:
         distributed.convert_sync_batchnorm(netG, device)
         distributed.convert_sync_batchnorm(netD, device)
@@ -130,16 +118,9 @@ def build_run(
         G = compile_module(G, t.compile, device)
         D = compile_module(D, t.compile, device)
         D_for_g = compile_module(netD, t.compile, device) if dist.enabled else D
-    amp = resolve_amp(t.amp, device)
-    if t.cudnn_benchmark == "on" and not cudnn_benchmark:
-        info(f"train.cudnn_benchmark: no cuDNN on {device.type}; ignored")
-    if t.cuda_graph == "on":
-        if dist.enabled:
-            raise UserError("train.cuda_graph works in one process; drop it or --nproc")
-        if device.type != "cuda":
-            info(f"train.cuda_graph: no CUDA graphs on {device.type}; runs eagerly")
-    graphed = use_cuda_graph(t, o, device, dist.world_size)
-    optG, optD = make_optimizers(netG, netD, o, t, device, graphed)
+    for note in speed.notes:
+        info(note)
+    optG, optD = speed.optimizers(netG, netD, o)
     ema = GeneratorEMA(netG, o.ema) if o.ema else None
     bn_noise = None
     if ema is not None:  # the EMA generator's BatchNorm statistics are measured on these (training/ema.py)
@@ -151,16 +132,12 @@ def build_run(
         device=device,
         dist=dist,
         local_batch=t.batch_size // dist.world_size,
-        reusing_memory=reusing_memory,
-        cudnn_benchmark=cudnn_benchmark,
+        speed=speed,
         netG=netG,
         netD=netD,
         G=G,
         D=D,
         D_for_g=D_for_g,
-        channels_last=channels_last,
-        amp=amp,
-        graphed=graphed,
         optG=optG,
         optD=optD,
         loss=make_loss(o.loss, o.label_smoothing),
@@ -212,40 +189,3 @@ def check_run_dir(run_dir: Path, subdirs: tuple[Path, ...], run: Run, made: list
 def checkpoint_bytes(run: Run) -> int:
     params = sum(p.numel() for p in run.netG.parameters()) + sum(p.numel() for p in run.netD.parameters())
     return params * 4 * 3 + (1 << 20)  # weights + two Adam moments, fp32
-
-
-def describe(run: Run, graphed: bool, images_on_gpu: bool) -> str:
-    """One line naming the device and every speed setting in force, so a user sees what runs."""
-    t = run.cfg.train
-    device = str(run.device)
-    if run.device.type == "cuda":
-        device += f" ({torch.cuda.get_device_name(run.device)})"
-    elif run.device.type == "cpu":
-        n = torch.get_num_threads()
-        device += f", {n} thread{'s' if n > 1 else ''}"
-    if run.dist.enabled:
-        device += f", {run.dist.world_size} processes"
-    parts = [f"batch {t.batch_size}" + (f" ({run.local_batch} a process)" if run.dist.enabled else "")]
-    if run.amp == "bf16":
-        parts.append("bf16 autocast")
-    elif run.device.type == "cuda" and torch.backends.cudnn.allow_tf32:
-        parts.append("fp32 (TF32 convolutions)")  # PyTorch's default for cuDNN
-    else:
-        parts.append("fp32")
-    if run.channels_last:
-        parts.append("channels_last")
-    bf16 = run.amp == "bf16"
-    if any(isinstance(m, MatmulGradConvTranspose2d) and m.uses_products(bf16) for m in run.netG.modules()):
-        parts.append("matmul deconv gradients")
-    parts.append("fused Adam" if run.optG.param_groups[0].get("fused") else "unfused Adam")
-    if t.compile != "off":
-        parts.append(f"torch.compile {t.compile}")
-    if graphed and run.device.type == "cuda":
-        parts.append("CUDA graph")
-    if run.cudnn_benchmark:
-        parts.append("cuDNN autotuner")
-    if images_on_gpu:
-        parts.append("images on the GPU")
-    if run.reusing_memory:
-        parts.append("freed memory kept")
-    return f"device: {device}; " + ", ".join(parts)

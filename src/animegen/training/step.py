@@ -74,9 +74,8 @@ LOSSES = {
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AVX-512 BF16 or AMX-BF16).
 
-    Without either, oneDNN emulates bf16 and autocast ran about 18x slower than fp32 (measured on
-    a 2-core CPU with AVX2 only); with AVX-512 BF16 a bf16 matmul ran ~4x faster than fp32 (a 2-core
-    AMD EPYC, benchmarks/throughput.py).
+    Without either, oneDNN emulates bf16 and autocast is far slower than fp32; with one, bf16 is
+    faster (docs/design-notes.md).
     """
     get_capabilities = getattr(torch.cpu, "get_capabilities", None)
     if get_capabilities is None:
@@ -91,10 +90,8 @@ def cpu_has_native_bf16() -> bool:
 def resolve_amp(amp: str, device: torch.device) -> str:
     """ "auto" becomes bf16 where it measured faster at equal quality: a CPU with native bf16.
 
-    On a 2-core AMD EPYC with AVX-512 BF16 the default preset trained ~1.7x faster in bf16, with
-    held-out SWD after 1,000 steps inside fp32's seed-to-seed spread (docs/performance.md). On an
-    H200, bf16 was no faster at batch 64 and its SWD was worse, so on a GPU "auto" stays fp32 (TF32
-    convolutions); "bf16" forces it anywhere.
+    There bf16 trained faster at the same quality; on a GPU it was no faster and scored worse, so
+    there "auto" stays fp32 (TF32 convolutions) (docs/design-notes.md); "bf16" forces it anywhere.
     """
     if amp != "auto":
         return amp
