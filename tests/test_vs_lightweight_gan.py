@@ -1,0 +1,82 @@
+"""The lightweight-gan side-by-side: its CPU shim and the shared train/held-out split."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import write_images
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import lwg_cpu  # noqa: E402
+import vs_lightweight_gan  # noqa: E402
+
+ASSERT = "assert torch.cuda.is_available(), 'You need to have an Nvidia GPU with CUDA installed.'"
+
+
+def _fake_package(root: Path) -> None:
+    """A stand-in for the installed package with the lines the shim rewrites."""
+    pkg = root / "lightweight_gan"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("raise ImportError('the shim must not run __init__')\n")
+    (pkg / "lightweight_gan.py").write_text(
+        "import torch\n"
+        f"{ASSERT}\n"
+        "class Trainer:\n"
+        "    def train(self):\n"
+        "        self.device = torch.device(f'cuda:{self.rank}')\n"
+        "        return torch.zeros(2).cuda(self.rank)\n"
+        "    def setup(self, rank):\n"
+        "        self.cuda(rank)\n"
+        "        return dict(pin_memory = True)\n"
+        "LightweightGAN = Generator = Discriminator = Trainer\n"
+        "class NanException(Exception):\n    pass\n"
+    )
+    (pkg / "diff_augment_test.py").write_text(f"import torch\n{ASSERT}\n")
+    (pkg / "cli.py").write_text("from lightweight_gan import Trainer, NanException\n")
+
+
+def _forget(monkeypatch) -> None:
+    for name in list(sys.modules):
+        if name == "lightweight_gan" or name.startswith("lightweight_gan."):
+            monkeypatch.delitem(sys.modules, name)
+
+
+def test_the_shim_runs_the_package_on_a_cpu(tmp_path, monkeypatch):
+    _fake_package(tmp_path)
+    _forget(monkeypatch)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cli = lwg_cpu.load_package()
+    trainer = cli.Trainer()
+    trainer.rank = 0
+    assert trainer.train().device.type == "cpu" and trainer.device.type == "cpu"
+    assert trainer.setup(0) == {"pin_memory": False}
+    _forget(monkeypatch)
+
+
+def test_the_shim_refuses_another_release(tmp_path, monkeypatch, capsys):
+    _fake_package(tmp_path)
+    core = tmp_path / "lightweight_gan" / "lightweight_gan.py"
+    core.write_text(core.read_text().replace("pin_memory = True", "pin_memory = pin"))
+    _forget(monkeypatch)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(SystemExit, match="has no 'pin_memory = True'"):
+        lwg_cpu.load_package()
+    _forget(monkeypatch)
+
+
+def test_split_is_disjoint_complete_and_fixed(tmp_path):
+    data = tmp_path / "faces"
+    write_images(data, 20)
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert vs_lightweight_gan.split(data, a, 0.25) == (15, 5)
+    vs_lightweight_gan.split(data, b, 0.25)
+    held = {p.resolve() for p in (a / "heldout").iterdir()}
+    train = {p.resolve() for p in (a / "train").iterdir()}
+    assert len(held) == 5 and len(train) == 15 and not held & train
+    assert held | train == {p.resolve() for p in data.iterdir()}
+    names = [sorted(p.name for p in (run / "heldout").iterdir()) for run in (a, b)]
+    assert names[0] == names[1]
