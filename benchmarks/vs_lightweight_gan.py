@@ -52,19 +52,31 @@ from animegen.visual import make_grid, save_png  # noqa: E402
 EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
-def split(data: Path, out: Path, holdout: float, seed: int = 0) -> tuple[int, int]:
+def split_files(data: Path, holdout: float, seed: int = 0) -> dict[str, list[tuple[int, Path]]]:
+    """The folder's images in a fixed random order: the first `holdout` of them held out.
+
+    Each file keeps its index in the sorted listing, so every consumer names it the same way.
+    """
     files = sorted(p for p in data.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
     if not files:
         sys.exit(f"{data}: no .jpg/.jpeg/.png images")
     order = np.random.default_rng(seed).permutation(len(files))
     n_held = round(len(files) * holdout)
-    for name, picks in (("heldout", order[:n_held]), ("train", order[n_held:])):
+    return {
+        "heldout": [(int(i), files[i]) for i in order[:n_held]],
+        "train": [(int(i), files[i]) for i in order[n_held:]],
+    }
+
+
+def split(data: Path, out: Path, holdout: float, seed: int = 0) -> tuple[int, int]:
+    parts = split_files(data, holdout, seed)
+    for name, picks in parts.items():
         folder = out / name
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
-        for i in picks:
-            (folder / f"{i:06d}{files[i].suffix.lower()}").symlink_to(files[i].resolve())
-    return len(files) - n_held, n_held
+        for i, path in picks:
+            (folder / f"{i:06d}{path.suffix.lower()}").symlink_to(path.resolve())
+    return len(parts["train"]), len(parts["heldout"])
 
 
 def _env() -> dict[str, str]:

@@ -80,3 +80,24 @@ def test_split_is_disjoint_complete_and_fixed(tmp_path):
     assert held | train == {p.resolve() for p in data.iterdir()}
     names = [sorted(p.name for p in (run / "heldout").iterdir()) for run in (a, b)]
     assert names[0] == names[1]
+
+
+def test_pack_for_device_writes_the_training_split_as_webp_within_budget(tmp_path):
+    import pack_for_device as pack
+
+    data = tmp_path / "faces"
+    write_images(data, 20, size=32)
+    train = vs_lightweight_gan.split_files(data, 0.25)["train"]
+    best, worst = (
+        sum(len(pack.encode(p, q)) for _, p in train) for q in (pack.QUALITIES[0], pack.QUALITIES[-1])
+    )
+    assert worst < best
+    budget_mib = (best + worst) / 2 / pack.MIB  # the best quality cannot fit, the worst can
+    m = pack.pack(data, tmp_path / "out", 0.25, budget_mib, workers=1)
+    written = sorted((tmp_path / "out" / "train").iterdir())
+    assert [p.name for p in written] == sorted(f"{i:06d}.webp" for i, _ in train)
+    assert m["count"] == 15 and m["quality"] < pack.QUALITIES[0]
+    assert sum(p.stat().st_size for p in written) <= budget_mib * pack.MIB
+    assert m["psnr_db"] > 25
+    with pytest.raises(SystemExit, match="exceed"):
+        pack.pack(data, tmp_path / "none", 0.25, worst / 4 / pack.MIB, workers=1)
