@@ -15,13 +15,15 @@ from conftest import write_images
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
-from throughput import _gemm_routes, device_summary, parse_args  # noqa: E402
+from throughput import parse_args  # noqa: E402
+from throughput_machine import gemm_routes  # noqa: E402
+from throughput_profile import device_summary  # noqa: E402
 
 
 def test_every_gemm_route_is_the_same_size_of_product():
     n = 256
     torch.manual_seed(0)
-    routes = _gemm_routes(torch.device("cpu"), torch.float32, n)
+    routes = gemm_routes(torch.device("cpu"), torch.float32, n)
     assert set(routes) == {"mm", "conv1x1"}
     mm = routes["mm"]()
     conv = routes["conv1x1"]()

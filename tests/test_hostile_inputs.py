@@ -1,6 +1,6 @@
 """A scraped folder full of junk, through the whole `animegen train` command (a real subprocess).
 
-tests/test_images.py covers the loader file by file; this guards what a user sees: the command
+tests/test_image_decode.py covers the loader file by file; this guards what a user sees: the command
 finishes (exit 0, no hang, no traceback), says in ONE warning line which files it skipped and why,
 and trains on exactly the usable images.
 """

@@ -1,28 +1,39 @@
-"""Tests for animegen.data.images: folder scanning and robust image decoding."""
+"""animegen.data.decode: robust decoding of good, bad and unusual image files."""
 
 from __future__ import annotations
 
 import errno
-import io
 import os
 import pickle
-import struct
 import threading
 import time
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from image_corpus import (
+    BAD,
+    BLUE,
+    GOOD,
+    GREEN,
+    RED,
+    WHITE,
+    YELLOW,
+    S,
+    assert_colour,
+    encode,
+    make_corpus,
+    noise,
+    solid,
+    two_colour,
+    write,
+)
 from PIL import Image
 
 from animegen.data import decode, images
 from animegen.data.images import (
     BadImage,
-    DataError,
     DecodeReport,
     ImageFile,
     decode_all,
@@ -33,206 +44,10 @@ from animegen.data.images import (
 # A regression in the symlink-loop or FIFO handling would hang, not fail: bound every test.
 pytestmark = pytest.mark.timeout(60)
 
-S = 16  # output size used by most tests: small keeps the suite fast
-
-RED = (255, 0, 0)
-GREEN = (0, 255, 0)
-BLUE = (0, 0, 255)
-YELLOW = (255, 255, 0)
-WHITE = (255, 255, 255)
-
-
-# ------------------------------------------------------------------------------------ helpers
-
-
-def encode(im: Image.Image, fmt: str, **kwargs) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, fmt, **kwargs)
-    return buf.getvalue()
-
-
-def solid(colour, size=(32, 32), mode="RGB") -> Image.Image:
-    return Image.new(mode, size, colour)
-
-
-def noise(size=(48, 40), seed=0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose IHDR claims width x height, followed by a tiny IDAT: costs nothing to make."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-        + chunk(b"IEND", b"")
-    )
-
-
-def mean_rgb(arr: np.ndarray) -> np.ndarray:
-    return arr.reshape(3, -1).mean(axis=1)
-
-
-def assert_colour(arr: np.ndarray, colour, tol: float = 12) -> None:
-    assert arr.shape[0] == 3 and arr.dtype == np.uint8
-    np.testing.assert_allclose(mean_rgb(arr), colour, atol=tol)
-
-
-def two_colour(size, first, second, split="horizontal") -> Image.Image:
-    """Left/right (or top/bottom) halves in two colours."""
-    w, h = size
-    im = Image.new("RGB", size, first)
-    box = (w // 2, 0, w, h) if split == "horizontal" else (0, h // 2, w, h)
-    im.paste(second, box)
-    return im
-
-
-def write(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
-
-
-# ------------------------------------------------------------------------------------ corpus
-
-# name -> expected mean colour at size S for the good files
-GOOD = {
-    "good.jpg": RED,
-    "good.png": GREEN,
-    "good.webp": BLUE,
-    "good.bmp": YELLOW,
-    "good.gif": RED,
-    "cmyk.jpg": RED,
-    "anim.gif": RED,
-    "anim.webp": GREEN,
-    "rgba_clear.png": WHITE,
-    "JPEG_UPPER.JPEG": BLUE,
-}
-
-# name -> expected reason (prefix) for the bad files that scan_folder lists
-BAD = {
-    "empty.jpg": "empty file",
-    "text.jpg": "not an image",
-    "trunc.jpg": "truncated",
-    "trunc.png": "truncated",
-    "tiny.png": "too small (1x1)",
-    "bomb.png": "too large",
-    "big.png": "too large (9000x8000 pixels)",
-    "bigger.png": "too large (12000x10000 pixels)",
-}
-
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("corpus")
-    write(root / "good.jpg", encode(solid(RED), "JPEG", quality=95))
-    write(root / "good.png", encode(solid(GREEN), "PNG"))
-    write(root / "good.webp", encode(solid(BLUE), "WEBP", lossless=True))
-    write(root / "good.bmp", encode(solid(YELLOW), "BMP"))
-    write(root / "good.gif", encode(solid(RED).convert("P"), "GIF"))
-    write(root / "JPEG_UPPER.JPEG", encode(solid(BLUE), "JPEG", quality=95))
-    write(root / "cmyk.jpg", encode(solid((0, 255, 255, 0), mode="CMYK"), "JPEG", quality=95))
-    frames = [solid(RED), solid(BLUE), solid(GREEN)]
-    write(root / "anim.gif", encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50))
-    frames = [solid(GREEN), solid(RED)]
-    write(
-        root / "anim.webp",
-        encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], duration=50, lossless=True),
-    )
-    write(root / "rgba_clear.png", encode(solid((0, 0, 0, 0), mode="RGBA"), "PNG"))
-
-    write(root / "empty.jpg", b"")
-    write(root / "text.jpg", b"<html><body>404 not found</body></html>\n" * 4)
-    jpeg = encode(noise(), "JPEG", quality=90)
-    write(root / "trunc.jpg", jpeg[: len(jpeg) // 2])
-    png = encode(noise(), "PNG")
-    write(root / "trunc.png", png[: len(png) // 2])
-    write(root / "tiny.png", encode(solid(RED, size=(1, 1)), "PNG"))
-    write(root / "bomb.png", png_header_only(20000, 20000))  # Pillow itself refuses (> 2x its limit)
-    write(root / "big.png", png_header_only(9000, 8000))  # over our 64 Mpx, under Pillow's limit
-    write(root / "bigger.png", png_header_only(12000, 10000))  # in Pillow's warning range
-
-    # not listed by scan_folder
-    write(root / "notes.txt", b"hello")
-    (root / "folder.jpg").mkdir()
-    os.symlink("loop.jpg", root / "loop.jpg")  # file symlink loop
-    os.symlink("does-not-exist.png", root / "dangling.png")
-    os.mkfifo(root / "fifo.jpg")
-    # directory symlink loops: to an ancestor and to itself
-    write(root / "sub" / "deep.png", encode(solid(GREEN), "PNG"))
-    os.symlink("..", root / "sub" / "up")
-    os.symlink(".", root / "sub" / "here")
-    os.symlink("sub", root / "sub_link")  # a second path to "sub": listed once
-    return root
-
-
-# ------------------------------------------------------------------------------------ scan_folder
-
-
-def test_scan_lists_images_sorted_and_terminates_on_symlink_loops(corpus):
-    files = scan_folder(corpus)
-    rel = [f.path.relative_to(corpus).as_posix() for f in files]
-    assert rel == sorted(rel)
-    assert set(rel) == set(GOOD) | set(BAD) | {"sub/deep.png"}
-    for f in files:
-        assert f.path.is_absolute()
-        st = os.stat(f.path)
-        assert (f.size, f.mtime_ns) == (st.st_size, st.st_mtime_ns)
-
-
-def test_scan_keeps_hidden_and_follows_dir_symlinks(tmp_path):
-    png = encode(solid(RED), "PNG")
-    write(tmp_path / "real" / "a.png", png)
-    write(tmp_path / ".hidden" / "b.PNG", png)
-    write(tmp_path / ".c.gif", encode(solid(RED).convert("P"), "GIF"))
-    os.symlink(tmp_path / "real", tmp_path / "zlink")
-    rel = [f.path.relative_to(tmp_path).as_posix() for f in scan_folder(tmp_path)]
-    assert rel == [".c.gif", ".hidden/b.PNG", "real/a.png"]
-
-    # a symlinked folder reached first is listed under the symlink's path, real one not again
-    tmp2 = tmp_path / "other"
-    write(tmp2 / "z" / "x.png", png)
-    os.symlink(tmp2 / "z", tmp2 / "a")
-    assert [f.path.relative_to(tmp2).as_posix() for f in scan_folder(tmp2)] == ["a/x.png"]
-
-
-def test_scan_sort_order_and_limit(tmp_path):
-    png = encode(solid(RED), "PNG")
-    names = ["b.png", "a/c.png", "A.png", "a.png", "a-b.png", "10.png", "9.png"]
-    for n in names:
-        write(tmp_path / n, png)
-    rel = [f.path.relative_to(tmp_path).as_posix() for f in scan_folder(tmp_path)]
-    assert rel == sorted(names)
-    assert [f.path for f in scan_folder(tmp_path, limit=3)] == [f.path for f in scan_folder(tmp_path)][:3]
-    assert scan_folder(tmp_path, limit=0) == []
-    with pytest.raises(ValueError):
-        scan_folder(tmp_path, limit=-1)
-
-
-def test_scan_errors_are_data_errors(tmp_path):
-    with pytest.raises(DataError, match="not found") as e:
-        scan_folder(tmp_path / "nope")
-    assert str(tmp_path / "nope") in str(e.value)
-    f = write(tmp_path / "file.png", b"x")
-    with pytest.raises(DataError, match="not a folder"):
-        scan_folder(f)
-    assert scan_folder(write(tmp_path / "empty" / "readme.txt", b"x").parent) == []
-
-
-def test_scan_accepts_str_and_relative_paths(tmp_path, monkeypatch):
-    write(tmp_path / "d" / "a.png", encode(solid(RED), "PNG"))
-    monkeypatch.chdir(tmp_path)
-    files = scan_folder("d")
-    assert files[0].path == tmp_path / "d" / "a.png"
-
-
-# ------------------------------------------------------------------------------------ load_image
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 @pytest.mark.parametrize("name", sorted(GOOD))
@@ -572,65 +387,3 @@ def test_warning_line_format():
     assert DecodeReport(decoded=10).warning_line() is None
     rooted = DecodeReport(decoded=1, skipped=[("/data/faces/x/a.jpg", "truncated")], root="/data/faces")
     assert rooted.warning_line().endswith(": x/a.jpg (truncated)")
-
-
-# ------------------------------------------------------------------------------------ fuzzing
-
-_SEEDS = [
-    encode(noise((20, 18)), "JPEG", quality=80),
-    encode(noise((20, 18)), "PNG"),
-    encode(noise((20, 18)).convert("P"), "GIF"),
-    encode(noise((20, 18)), "WEBP"),
-    encode(noise((20, 18)), "BMP"),
-]
-
-
-@pytest.fixture(scope="module")
-def fuzz_file(tmp_path_factory) -> Path:
-    # module-scoped: hypothesis reruns the test body many times within one fixture instance
-    return tmp_path_factory.mktemp("fuzz") / "fuzz.jpg"
-
-
-def _check_load(path: Path, data: bytes) -> None:
-    path.write_bytes(data)
-    try:
-        arr = load_image(path, 8)
-    except BadImage as e:
-        assert e.reason and "\n" not in e.reason
-    else:
-        assert arr.shape == (3, 8, 8) and arr.dtype == np.uint8
-
-
-_FUZZ_SETTINGS = settings(
-    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
-)
-
-
-@_FUZZ_SETTINGS
-@given(st.binary(max_size=2048))
-def test_fuzz_arbitrary_bytes(fuzz_file, data):
-    _check_load(fuzz_file, data)
-
-
-@st.composite
-def mutated_image(draw) -> bytes:
-    data = bytearray(draw(st.sampled_from(_SEEDS)))
-    for _ in range(draw(st.integers(0, 8))):
-        pos = draw(st.integers(0, len(data) - 1))
-        op = draw(st.sampled_from(["set", "insert", "delete"]))
-        byte = draw(st.integers(0, 255))
-        if op == "set":
-            data[pos] = byte
-        elif op == "insert":
-            data.insert(pos, byte)
-        elif len(data) > 1:
-            del data[pos]
-    if draw(st.booleans()):
-        data = data[: draw(st.integers(0, len(data)))]
-    return bytes(data)
-
-
-@_FUZZ_SETTINGS
-@given(mutated_image())
-def test_fuzz_mutated_images(fuzz_file, data):
-    _check_load(fuzz_file, data)
