@@ -48,6 +48,17 @@ def test_two_processes_train_and_checkpoint(image_folder, tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def test_two_processes_train_a_d_whose_decoder_sees_real_images_only(image_folder, tmp_path):
+    # The decoder sits out D's forward on fakes; DDP has to be told, or the next step hangs.
+    run = tmp_path / "ddp-recon"
+    args = ["--data", str(image_folder), "--nproc", "2", "--max-steps", "3", "--run-dir", str(run)]
+    _run([*args, "--preset", "modern", *TINY, "--set", "model.d_recon=true"], tmp_path)
+    tensors, meta = _final(run)
+    assert meta["iteration"] == 3
+    decoder = [v for k, v in tensors.items() if k.startswith("D.decoder.")]
+    assert decoder and all(torch.isfinite(v).all() for v in decoder)
+
+
 def test_two_processes_with_ema_checkpoint_a_calibrated_ema_generator(image_folder, tmp_path):
     # Rank 0 alone packs the checkpoint, the EMA copy's BatchNorm statistics measured for it.
     run = tmp_path / "ddp-ema"

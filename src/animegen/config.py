@@ -35,6 +35,10 @@ class ModelConfig:
     d_first_bn: bool = True  # the tutorial puts BatchNorm on D's first conv; the DCGAN paper does not
     init: str = "default"  # "default" keeps PyTorch's init (the tutorial); "dcgan" draws N(0, 0.02)
     d_norm: str = "bn"  # D's normalisation: "bn" (BatchNorm), "sn" (spectral norm, no BN), "none"
+    # fastgan only: D also learns to redraw each real image from its own features (FastGAN's
+    # self-supervised reconstruction, mean squared error at weight 1), which keeps D from winning
+    # on details alone
+    d_recon: bool = False
 
 
 @dataclass
@@ -154,6 +158,8 @@ class Config:
             raise UserError(f"model.d_norm must be bn, sn or none, not {m.d_norm!r}")
         if m.arch == "fastgan" and m.d_norm != "bn":
             raise UserError("model.arch=fastgan has a BatchNorm D only (model.d_norm=bn)")
+        if m.d_recon and m.arch != "fastgan":
+            raise UserError("model.d_recon needs model.arch=fastgan (only its D has a decoder)")
         o = self.optim
         if o.label_smoothing and o.loss != "bce":
             raise UserError("optim.label_smoothing works with optim.loss=bce only")

@@ -5,7 +5,10 @@ Generator: nearest-neighbour upsampling then 3x3 convolutions with BatchNorm and
 convolutions, so no checkerboard), and skip-layer excitation: a low-resolution feature map gates
 the channels of one eight times larger, which carries global layout to the fine layers cheaply.
 Discriminator: stride-2 blocks with a pooled 1x1 shortcut beside the main path, BatchNorm (it beat
-spectral norm in this project's three-seed study, docs/quality.md), one logit per image.
+spectral norm in this project's three-seed study, docs/quality.md), one logit per image. With
+`model.d_recon` it also carries FastGAN's self-supervision: a small decoder that redraws each real
+image at 24-32 px (32 at 64 px, 24 at 96 px) from D's map at twice the start side. A D that must describe
+the whole face cannot win on a few telltale details alone, which is what lets it overpower G.
 
 Sizes 3 * 2**k start from 3x3 maps (48, 96, 192 px), the others from 4x4 (16 ... 128 px).
 """
@@ -121,8 +124,24 @@ class _Down(nn.Module):
         return (self.main(x) + self.skip(x)) * 0.5
 
 
+class Decoder(nn.Module):
+    """D's features (B, C, s, s) -> a small RGB image (B, 3, s * 2**ups, s * 2**ups) in [-1, 1]."""
+
+    def __init__(self, channels: int, ups: int):
+        super().__init__()
+        # Channels shrink fourfold per step: a sketch of the face is enough, and it keeps the
+        # decoder a small fraction of D's cost.
+        chans = [max(8, channels // 4**i) for i in range(ups + 1)]
+        self.ups = nn.Sequential(*(_up(a, b) for a, b in zip(chans[:-1], chans[1:], strict=True)))
+        self.to_rgb = nn.Sequential(nn.Conv2d(chans[-1], 3, 3, 1, 1), nn.Tanh())
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.to_rgb(self.ups(feats))
+
+
 class FastDiscriminator(nn.Module):
-    """image (B, 3, S, S) -> one logit per image (B,)."""
+    """image (B, 3, S, S) -> one logit per image (B,); with `reconstruct=True` also the decoder's
+    redrawing of the image (model.d_recon only)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -130,8 +149,27 @@ class FastDiscriminator(nn.Module):
         chans = [_channels(D_CHANNELS, s, cfg.width) for s in sides]
         # No BatchNorm on the first layer (DCGAN paper): it would normalise away the image's colours.
         self.stem = nn.Sequential(nn.Conv2d(3, chans[1], 4, 2, 1), nn.LeakyReLU(0.2, inplace=True))
-        self.downs = nn.Sequential(*(_Down(a, b) for a, b in zip(chans[1:-1], chans[2:], strict=True)))
+        self.downs = nn.ModuleList(_Down(a, b) for a, b in zip(chans[1:-1], chans[2:], strict=True))
         self.head = nn.Conv2d(chans[-1], 1, sides[-1], 1, 0)
+        self.decoder: Decoder | None = None
+        self.decode_after = -1  # index into downs whose output the decoder reads
+        if cfg.d_recon:
+            # The map at twice the start side (8x8 at 64 px), or the stem's output for tiny images.
+            side = min(sides[-1] * 2, sides[1])
+            self.decode_after = sides.index(side) - 2
+            ups = min(2, int(math.log2(cfg.image_size // side)))
+            self.decoder = Decoder(chans[sides.index(side)], ups)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.downs(self.stem(x))).reshape(-1)
+    def forward(self, x: torch.Tensor, reconstruct: bool = False):
+        x = self.stem(x)
+        feats = x
+        for i, down in enumerate(self.downs):
+            x = down(x)
+            if i == self.decode_after:
+                feats = x
+        logits = self.head(x).reshape(-1)
+        if not reconstruct:
+            return logits
+        if self.decoder is None:
+            raise ValueError("this discriminator has no decoder (train with model.d_recon)")
+        return logits, self.decoder(feats)

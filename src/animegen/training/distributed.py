@@ -73,13 +73,15 @@ def all_mean(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return t
 
 
-def wrap(module: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
+def wrap(module: nn.Module, info: DistInfo, device: torch.device, partly_used: bool = False) -> nn.Module:
+    """`partly_used`: some forwards leave parameters out (D's decoder runs on real images only),
+    which DDP must look for or it waits for their gradients forever."""
     if not info.enabled:
         return module
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [device.index] if device.type == "cuda" else None
-    return DDP(module, device_ids=ids)
+    return DDP(module, device_ids=ids, find_unused_parameters=partly_used)
 
 
 def unwrap(module: nn.Module) -> nn.Module:

@@ -80,7 +80,16 @@ class Trainer(TrainingState, PeriodicWork):
     def _plain_step(self, real: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """The step train.cuda_graph captures: no augmentation or R1 (config validation ensures)."""
         return train_step(
-            self.G, self.D, self.optG, self.optD, real, noise, self.loss, self.amp, d_for_g=self.D_for_g
+            self.G,
+            self.D,
+            self.optG,
+            self.optD,
+            real,
+            noise,
+            self.loss,
+            self.amp,
+            d_for_g=self.D_for_g,
+            recon=self.cfg.model.d_recon,
         )
 
     def prepare(self) -> None:
@@ -235,6 +244,7 @@ class Trainer(TrainingState, PeriodicWork):
                         augment=self.augment,
                         aug_seed=derived_seed(t.seed, AUGMENT, self.pos.iteration),
                         r1_weight=o.r1_gamma / 2 * o.r1_every if lazy_r1 else 0.0,
+                        recon=self.cfg.model.d_recon,
                     )
                 if self.ema is not None:
                     self.ema.update_parameters(self.netG)

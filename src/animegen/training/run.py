@@ -112,7 +112,7 @@ def build_run(
         distributed.convert_sync_batchnorm(netG, device)
         distributed.convert_sync_batchnorm(netD, device)
     G = distributed.wrap(netG, dist, device)
-    D = distributed.wrap(netD, dist, device)
+    D = distributed.wrap(netD, dist, device, partly_used=cfg.model.d_recon)
     D_for_g: torch.nn.Module = netD
     if t.compile != "off":
         G = compile_module(G, t.compile, device)

@@ -121,6 +121,7 @@ def train_step(
     augment: tuple[str, ...] = (),
     aug_seed: int = 0,
     r1_weight: float = 0.0,
+    recon: bool = False,
 ) -> torch.Tensor:
     """Update D then G once; returns [loss_D, loss_G, D(x), D(G(z))] as a detached device tensor.
 
@@ -128,6 +129,7 @@ def train_step(
     get no gradient there and a DDP forward would wait for a gradient reduction that never comes.
     `augment` is a DiffAugment policy applied to every batch D sees (seeded by `aug_seed`);
     `r1_weight` > 0 adds weight * ||grad_x D(x)||^2 on the real batch (the caller makes it lazy).
+    `recon` adds D's reconstruction loss on the real batch (a D built with model.d_recon).
     Nothing here reads a value back to the host, so on a GPU the step runs without synchronising.
     """
     d_g = d_for_g if d_for_g is not None else netD
@@ -140,8 +142,13 @@ def train_step(
     optD.zero_grad(set_to_none=True)
     if r1_weight:
         real = real.detach().requires_grad_(True)
+    seen_real = aug(real, 0)
     with autocast:
-        out_real = netD(aug(real, 0)).float()
+        if recon:
+            out_real, redrawn = netD(seen_real, reconstruct=True)
+        else:
+            out_real = netD(seen_real)
+        out_real = out_real.float()
     # Taken now: under CUDA graphs (torch.compile "reduce-overhead") D's next replay reuses the
     # memory of this output.
     d_x = torch.sigmoid(out_real.detach()).mean()
@@ -149,6 +156,9 @@ def train_step(
     if r1_weight:
         (grad,) = torch.autograd.grad(out_real.sum(), real, create_graph=True)
         err_real = err_real + r1_weight * grad.float().square().sum(dim=(1, 2, 3)).mean()
+    if recon:
+        target = F.adaptive_avg_pool2d(seen_real.detach().float(), redrawn.shape[-2:])
+        err_real = err_real + F.mse_loss(redrawn.float(), target)
     err_real.backward()
     with autocast:
         fake = netG(noise)
