@@ -7,8 +7,9 @@ the channels of one eight times larger, which carries global layout to the fine 
 Discriminator: stride-2 blocks with a pooled 1x1 shortcut beside the main path, BatchNorm (it beat
 spectral norm in this project's three-seed study, docs/quality.md), one logit per image. With
 `model.d_recon` it also carries FastGAN's self-supervision: a small decoder that redraws each real
-image at 24-32 px (32 at 64 px, 24 at 96 px) from D's map at twice the start side. A D that must describe
-the whole face cannot win on a few telltale details alone, which is what lets it overpower G.
+image at 24-32 px (32 at 64 px, 24 at 96 px) from D's map at twice the start side. A D that must
+describe the whole face cannot win on a few telltale details alone, which is what lets it
+overpower G.
 
 Sizes 3 * 2**k start from 3x3 maps (48, 96, 192 px), the others from 4x4 (16 ... 128 px).
 """
@@ -160,7 +161,9 @@ class FastDiscriminator(nn.Module):
             ups = min(2, int(math.log2(cfg.image_size // side)))
             self.decoder = Decoder(chans[sides.index(side)], ups)
 
-    def forward(self, x: torch.Tensor, reconstruct: bool = False):
+    def forward(
+        self, x: torch.Tensor, reconstruct: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         x = self.stem(x)
         feats = x
         for i, down in enumerate(self.downs):
