@@ -60,7 +60,7 @@ class Trainer(TrainingState, PeriodicWork):
         self.ema, self.bn_noise, self.channels_last = run.ema, run.bn_noise, run.speed.channels_last
         self.local_batch, self.reusing_memory = run.local_batch, run.speed.reuse_memory
         self._bn_calibrated_at = -1  # the EMA update count the statistics were measured at
-        self.graphed = GraphedStep(self._plain_step, self.device) if run.speed.cuda_graph else None
+        self.graphed = GraphedStep(self._step, self.device) if run.speed.cuda_graph else None
         z_dim = cfg.model.z_dim
         self.fixed_noise = fixed_noise(cfg.train.sample_count, z_dim, cfg.train.seed).to(self.device)
         self.resume_from = resume_from
@@ -77,8 +77,9 @@ class Trainer(TrainingState, PeriodicWork):
         self.health = HealthMonitor(d_x_above=d_x_above)
         self.rolled_back = False  # a non-finite loss is rolled back once; the second one stops the run
 
-    def _plain_step(self, real: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """The step train.cuda_graph captures: no augmentation or R1 (config validation ensures)."""
+    def _step(self, real: torch.Tensor, noise: torch.Tensor, **per_iteration: Any) -> torch.Tensor:
+        """One update of D and G. train.cuda_graph captures it as called with (real, noise) alone:
+        config validation keeps the per-iteration inputs (augmentation, R1) out of graphed runs."""
         return train_step(
             self.G,
             self.D,
@@ -90,6 +91,7 @@ class Trainer(TrainingState, PeriodicWork):
             self.amp,
             d_for_g=self.D_for_g,
             recon=self.cfg.model.d_recon,
+            **per_iteration,
         )
 
     def prepare(self) -> None:
@@ -231,20 +233,12 @@ class Trainer(TrainingState, PeriodicWork):
                         self.reporter.warn(f"{e}; training on without it (--no-cuda-graph skips the attempt)")
                         self.graphed = None
                 if stats is None:
-                    stats = train_step(
-                        self.G,
-                        self.D,
-                        self.optG,
-                        self.optD,
+                    stats = self._step(
                         real,
                         noise,
-                        self.loss,
-                        self.amp,
-                        d_for_g=self.D_for_g,
                         augment=self.augment,
                         aug_seed=derived_seed(t.seed, AUGMENT, self.pos.iteration),
                         r1_weight=o.r1_gamma / 2 * o.r1_every if lazy_r1 else 0.0,
-                        recon=self.cfg.model.d_recon,
                     )
                 if self.ema is not None:
                     self.ema.update_parameters(self.netG)
