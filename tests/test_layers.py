@@ -27,7 +27,7 @@ LAYERS = {
     "animegen.config_values": 0,
     "animegen.config": 1,
     "animegen.models": 2,
-    "animegen.fastgan": 2,  # the model family being added on main: a network beside models.py
+    "animegen.fastgan": 2,  # the FastGAN-style family, a network module beside models.py
     # shared by training and inference: file format, layers, devices, data, sampling
     "animegen.checkpoint_format": 3,
     "animegen.deconv_grad": 3,

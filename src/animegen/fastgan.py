@@ -156,10 +156,10 @@ class FastDiscriminator(nn.Module):
         self.decode_after = -1  # index into downs whose output the decoder reads
         if cfg.d_recon:
             # The map at twice the start side (8x8 at 64 px), or the stem's output for tiny images.
-            side = min(sides[-1] * 2, sides[1])
-            self.decode_after = sides.index(side) - 2
-            ups = min(2, int(math.log2(cfg.image_size // side)))
-            self.decoder = Decoder(chans[sides.index(side)], ups)
+            at = sides.index(min(sides[-1] * 2, sides[1]))
+            self.decode_after = at - 2  # downs[k] outputs sides[k + 2]; -1 is the stem
+            ups = min(2, int(math.log2(cfg.image_size // sides[at])))
+            self.decoder = Decoder(chans[at], ups)
 
     def forward(
         self, x: torch.Tensor, reconstruct: bool = False
