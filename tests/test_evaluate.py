@@ -9,6 +9,7 @@ from conftest import TINY
 from PIL import Image
 
 from animegen.cli import main
+from animegen.evaluate import format_result
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,9 @@ def test_fid_kid_pr_nearest_with_real_inception(tiny_run, tmp_path):
         == 0
     )
     r = json.loads(out.read_text())
-    assert r["fid"] > 0 and r["kid_std"] >= 0 and 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1
+    assert r["fid"] > 0 and 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1
+    # 12 faces a side: every KID subset is both whole sets, so no spread is claimed.
+    assert r["n_fake"] == r["n_real"] == 12 and r["kid_std"] is None
     with Image.open(near) as im:
         assert im.size == (3 * 18 + 2, 8 * 18 + 2)  # 8 rows of: generated face + 2 nearest real faces
     # Real-image features are cached beside the decoded images: the second run reuses them.
@@ -128,3 +131,9 @@ def test_no_ema_scores_the_trained_generator(tiny_run, tmp_path):
         scores[result["weights"]] = result["swd"]
     assert set(scores) == {"G_ema", "G"}
     assert scores["G_ema"] != scores["G"]
+
+
+def test_kid_spread_shown_only_when_there_is_one():
+    base = {"n_fake": 1000, "n_real": 1000, "image_size": 64, "fid": 96.4, "kid": 0.0609}
+    assert "±" not in format_result({**base, "kid_std": None})
+    assert "KID 60.90e-3 ± 1.25e-3" in format_result({**base, "kid_std": 0.00125})

@@ -21,7 +21,8 @@ def format_result(result: dict[str, Any]) -> str:
     if "fid" in result:
         parts.append(f"FID {result['fid']:.2f}")
     if "kid" in result:
-        parts.append(f"KID {result['kid'] * 1e3:.2f}e-3 ± {result['kid_std'] * 1e3:.2f}e-3")
+        spread = result.get("kid_std")
+        parts.append(f"KID {result['kid'] * 1e3:.2f}e-3" + (f" ± {spread * 1e3:.2f}e-3" if spread is not None else ""))
     if "swd" in result:
         parts.append(f"SWD {result['swd']:.2f} (x1e3)")
     if "precision" in result:
