@@ -22,7 +22,8 @@ def format_result(result: dict[str, Any]) -> str:
         parts.append(f"FID {result['fid']:.2f}")
     if "kid" in result:
         spread = result.get("kid_std")
-        parts.append(f"KID {result['kid'] * 1e3:.2f}e-3" + (f" ± {spread * 1e3:.2f}e-3" if spread is not None else ""))
+        kid = f"KID {result['kid'] * 1e3:.2f}e-3"
+        parts.append(kid if spread is None else f"{kid} ± {spread * 1e3:.2f}e-3")
     if "swd" in result:
         parts.append(f"SWD {result['swd']:.2f} (x1e3)")
     if "precision" in result:
