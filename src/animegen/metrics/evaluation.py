@@ -131,14 +131,11 @@ def evaluate(
             result["fid"] = measures.fid_from_features(real_f, fake_f)
         if "kid" in metrics:
             subset = min(1000, len(real_f), len(fake_f))
-            # Subsets that are the whole of both sets all give the same value: one is enough, and
-            # their spread (zero) says nothing about the estimate, so it is left out, not shown as 0.
-            whole = subset == len(real_f) == len(fake_f)
-            mean, std = measures.kid_from_features(
-                real_f, fake_f, num_subsets=1 if whole else 100, max_subset_size=subset, seed=seed
-            )
+            mean, std = measures.kid_from_features(real_f, fake_f, max_subset_size=subset, seed=seed)
             result["kid"] = mean
-            result["kid_std"] = None if whole else std
+            # Subsets that are the whole of both sets have a spread of 0 by construction, which says
+            # nothing about the estimate: it is left out rather than shown as a precision.
+            result["kid_std"] = None if subset == len(real_f) == len(fake_f) else std
         if precision_recall:
             result.update(measures.precision_recall(real_f, fake_f, k=3))
         if nearest > 0 and nearest_out is not None:

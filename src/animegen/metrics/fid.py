@@ -92,6 +92,8 @@ def kid_from_features(
     Each subset draws m = min(N1, N2, max_subset_size) rows from each set without replacement. The
     estimate is unbiased, so it can be slightly negative when the sets come from one distribution. The
     std is over subsets (spread of the estimate, not a standard error). Deterministic given ``seed``.
+    When subsets are the whole of both sets every one gives the same value, so it is computed once
+    and the std is 0 by construction.
     """
     a = _as_features(feats1, "feats1")
     b = _as_features(feats2, "feats2")
@@ -103,6 +105,8 @@ def kid_from_features(
     m = min(a.shape[0], b.shape[0], max_subset_size)
     if m < 2:
         raise ValueError(f"KID needs at least 2 feature vectors per set, got {a.shape[0]} and {b.shape[0]}")
+    if m == a.shape[0] == b.shape[0]:
+        num_subsets = 1  # the unbiased MMD^2 does not depend on the order of rows
     rng = np.random.default_rng(seed)
     values = np.empty(num_subsets, dtype=np.float64)
     for i in range(num_subsets):
