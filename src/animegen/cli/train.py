@@ -152,7 +152,11 @@ def _train(args: argparse.Namespace, demo: bool = False) -> int:
     if args.nproc and args.nproc > 1 and not info.enabled:
         return distributed.launch(args.nproc, _without_nproc(args.argv))
     try:
-        return _train_process(args, demo, info)
+        code = _train_process(args, demo, info)
+        # Without it a rank that finishes first tears gloo down under the other, whose gloo
+        # thread then aborts the process ("terminate called without an active exception").
+        distributed.barrier(info)
+        return code
     finally:
         distributed.shutdown()
 
