@@ -9,7 +9,7 @@ from conftest import TINY
 from animegen import checkpoint_format as ckpt
 from animegen.choices import SUPPORTED_SIZES
 from animegen.cli import main
-from animegen.config import ModelConfig, build_config
+from animegen.config import Config, ModelConfig, build_config
 from animegen.errors import UserError
 from animegen.fastgan import FastDiscriminator, FastGenerator
 from animegen.training.step import make_loss, train_step
@@ -70,9 +70,20 @@ def _weights(run):
     return ckpt.read_checkpoint(path)
 
 
-def test_a_d_recon_run_checkpoints_the_decoder_and_resumes_bit_identically(image_folder, tmp_path):
-    recon = ["--preset", "modern", *TINY, "--set", "model.d_recon=true"]
-    common = ["--data", str(image_folder), "--seed", "2", *recon]
+def test_modern_has_the_decoder_and_a_run_saved_before_the_key_resumes_without_one():
+    assert build_config("modern").model.d_recon and not build_config("demo").model.d_recon
+    saved = build_config("modern").to_dict()
+    del saved["model"]["d_recon"]  # a modern run saved before the key existed: its D has no decoder
+    assert Config.from_dict(saved).model.d_recon is False
+    saved["model"]["d_recon"] = True
+    assert Config.from_dict(saved).model.d_recon is True
+    saved = build_config("default").to_dict()
+    del saved["model"]["d_recon"]
+    Config.from_dict(saved).validate()  # the seed networks never take a decoder
+
+
+def test_a_modern_run_checkpoints_the_decoder_and_resumes_bit_identically(image_folder, tmp_path):
+    common = ["--data", str(image_folder), "--seed", "2", "--preset", "modern", *TINY]
     full, part = tmp_path / "full", tmp_path / "part"
     assert main(["train", *common, "--epochs", "2", "--run-dir", str(full)]) == 0
     assert main(["train", *common, "--epochs", "2", "--max-steps", "3", "--run-dir", str(part)]) == 0
