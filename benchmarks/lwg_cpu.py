@@ -7,17 +7,20 @@ fails loudly instead of running something else), then drives the package's own C
 
   train   image size, data loader workers 0 (the run gets one core, like animegen's), and a
           wall-clock budget: a snapshot `model_<1000 + minutes>.pt` at each mark, a log line per
-          snapshot in OUT/lwg_log.jsonl
+          snapshot in OUT/lwg_log.jsonl; `--set KEY=VALUE` overrides one more of
+          `train_from_folder`'s keywords (a Python literal: `--set fmap_max=128 attn_res_layers=[]`)
   sample  N faces from a snapshot's generator and its EMA copy, as uint8 arrays in an .npz
 
-  python benchmarks/lwg_cpu.py train  --data DIR --out OUT --size 64 --marks 30 60
+  python benchmarks/lwg_cpu.py train  --data DIR --out OUT --size 64 --marks 30 60 [--set K=V ...]
   python benchmarks/lwg_cpu.py sample --out OUT --size 64 --mark 30 --n 1000 --file faces.npz
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.util
+import inspect
 import json
 import sys
 import time
@@ -43,6 +46,8 @@ CPU_REWRITES = {
     "diff_augment_test": (_NO_CUDA_ASSERT,),  # imported by the CLI module; its test is not used here
 }
 NAME = "lwg"
+# train_from_folder keywords the shim sets itself, so `--set` cannot move them.
+OWN_KEYWORDS = {"data", "results_dir", "models_dir", "name", "image_size", "num_workers", "new"}
 
 
 def load_package() -> types.ModuleType:
@@ -66,11 +71,38 @@ def load_package() -> types.ModuleType:
         sys.modules[mod.__name__] = mod
         exec(compile(source, str(path), "exec"), mod.__dict__)  # noqa: S102 - the package's own code
     core = sys.modules["lightweight_gan.lightweight_gan"]
+    _save_fmap_max(core.Trainer)
     for name in ("LightweightGAN", "Generator", "Discriminator", "Trainer", "NanException"):
         setattr(pkg, name, getattr(core, name))
     import lightweight_gan.cli as cli
 
     return cli
+
+
+def _save_fmap_max(trainer: type) -> None:
+    # 1.2.1 saves the architecture to .config.json without fmap_max and reads it back with a
+    # default of 512, so a model trained with another fmap_max could not be loaded for sampling.
+    config = trainer.config
+
+    def config_with_fmap_max(self) -> dict:
+        return {**config(self), "fmap_max": self.fmap_max}
+
+    trainer.config = config_with_fmap_max
+
+
+def parse_settings(pairs: list[str], function) -> dict[str, object]:
+    """`KEY=VALUE` pairs as keyword arguments of `function`, each value a Python literal."""
+    allowed = set(inspect.signature(function).parameters) - OWN_KEYWORDS
+    settings = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or key not in allowed:
+            sys.exit(f"--set {pair}: expected KEY=VALUE with KEY one of {', '.join(sorted(allowed))}")
+        try:
+            settings[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            settings[key] = text  # a bare word, e.g. optimizer=adam
+    return settings
 
 
 def snapshot(mark: float) -> int:
@@ -109,6 +141,7 @@ def train(args: argparse.Namespace) -> None:
         image_size=args.size,
         num_workers=0,
         new=True,
+        **parse_settings(args.set, cli.train_from_folder),
     )
 
 
@@ -146,6 +179,7 @@ def main() -> None:
     t = sub.add_parser("train")
     t.add_argument("--data", type=Path, required=True)
     t.add_argument("--marks", type=float, nargs="+", required=True, help="snapshot times, minutes")
+    t.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="train_from_folder keywords")
     s = sub.add_parser("sample")
     s.add_argument("--mark", type=float, required=True)
     s.add_argument("--n", type=int, default=1000)

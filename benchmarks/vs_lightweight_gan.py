@@ -1,14 +1,15 @@
 """animegen against lightweight-gan at equal wall time on a CPU, scored on the same held-out faces.
 
   python benchmarks/vs_lightweight_gan.py --data DIR --out OUT --size 64 --minutes 30 --multiples 1 2 4 \
-      --n 1000 [--preset modern]
+      --n 1000 [--preset modern] [--lwg-set KEY=VALUE ...] [--animegen-args ...]
 
 1. Split: the folder's images in a fixed random order, `--holdout` of them held out. OUT/train and
    OUT/heldout hold links to the files, so both trainers read the very same training images and
    neither ever sees a held-out one.
 2. Train both at once, one torch thread each, so each has one core of a 2-core machine: animegen
    with `--max-minutes` (resumed exactly for each later mark), lightweight-gan with its CLI defaults
-   through benchmarks/lwg_cpu.py (data loader workers 0, so it also keeps to its core). Both snapshot
+   through benchmarks/lwg_cpu.py (data loader workers 0, so it also keeps to its core; `--lwg-set`
+   changes one of its `train_from_folder` keywords, e.g. to size it for a CPU). Both snapshot
    at minutes × each multiple; a run's clock starts with its first step.
 3. Score every snapshot with the same code: n generated faces against n held-out faces, FID, KID
    (one subset of n, so no spread is printed) and SWD (×1e3). animegen: its EMA generator (what
@@ -139,6 +140,8 @@ def train_lwg(args: argparse.Namespace, marks: list[float], log) -> None:
         str(args.out / "train"),
     ]
     cmd += ["--out", str(args.out / "lwg"), "--size", str(args.size), "--marks", *map(str, marks)]
+    if args.lwg_set:
+        cmd += ["--set", *args.lwg_set]
     subprocess.run(cmd, env=_env(), check=True, stdout=log, stderr=subprocess.STDOUT)
     print(f"lightweight-gan: marks {marks} done")
 
@@ -245,6 +248,9 @@ def main() -> None:
     p.add_argument("--holdout", type=float, default=0.1)
     p.add_argument("--n", type=int, default=1000, help="faces per side for every metric")
     p.add_argument("--preset", default="modern")
+    p.add_argument(
+        "--lwg-set", nargs="+", default=[], metavar="KEY=VALUE", help="lightweight-gan CLI keywords"
+    )
     p.add_argument(
         "--animegen-args", nargs=argparse.REMAINDER, default=[], help="more `animegen train` flags"
     )

@@ -26,6 +26,9 @@ def _fake_package(root: Path) -> None:
         "import torch\n"
         f"{ASSERT}\n"
         "class Trainer:\n"
+        "    fmap_max = 128\n"
+        "    def config(self):\n"
+        "        return {'image_size': 64}\n"
         "    def train(self):\n"
         "        self.device = torch.device(f'cuda:{self.rank}')\n"
         "        return torch.zeros(2).cuda(self.rank)\n"
@@ -54,7 +57,21 @@ def test_the_shim_runs_the_package_on_a_cpu(tmp_path, monkeypatch):
     trainer.rank = 0
     assert trainer.train().device.type == "cpu" and trainer.device.type == "cpu"
     assert trainer.setup(0) == {"pin_memory": False}
+    # what it saves next to a model must bring the same fmap_max back when sampling
+    assert trainer.config() == {"image_size": 64, "fmap_max": 128}
     _forget(monkeypatch)
+
+
+def test_settings_are_literals_for_the_cli_keywords_the_shim_does_not_own():
+    def train_from_folder(data=".", image_size=256, fmap_max=512, attn_res_layers=(32,), optimizer="adam"):
+        pass
+
+    pairs = ["fmap_max=128", "attn_res_layers=[]", "optimizer=adabelief"]
+    got = lwg_cpu.parse_settings(pairs, train_from_folder)
+    assert got == {"fmap_max": 128, "attn_res_layers": [], "optimizer": "adabelief"}
+    for bad in ("fmap_max", "image_size=32", "no_such_key=1"):
+        with pytest.raises(SystemExit, match=f"--set {bad}: expected KEY=VALUE"):
+            lwg_cpu.parse_settings([bad], train_from_folder)
 
 
 def test_the_shim_refuses_another_release(tmp_path, monkeypatch, capsys):
