@@ -42,6 +42,8 @@ sys.path.insert(0, str(REPO / "src"))
 from animegen.config import build_config  # noqa: E402
 from animegen.runlog import read_log  # noqa: E402
 
+SCORES = ("fid", "kid", "kid_std", "swd", "fd_ssl", "n_fake", "n_real")
+
 
 def env(threads: int) -> dict[str, str]:
     e = dict(os.environ)
@@ -75,7 +77,7 @@ def train(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [
         sys.executable, "-m", "animegen", "train", "--data", str(args.data), "--preset", preset, *extra,
         "--image-size", str(args.size), "--holdout", str(args.holdout), "--eval-every", str(every),
-        "--set", "train.eval_metrics=swd", "--set", f"train.eval_n={args.eval_n}",
+        "--set", "train.eval_metrics=swd,fd_ssl", "--set", f"train.eval_n={args.eval_n}",
         "--set", f"train.threads={args.threads}", "--epochs", "100000", "--run-dir", str(run),
         "--quiet", "--device", "cpu",
     ]  # fmt: skip
@@ -119,6 +121,7 @@ def train(variant: str, args: argparse.Namespace) -> dict[str, Any]:
                 "images": r["iteration"] * batch,
                 "train_seconds": r.get("train_seconds", r["wall_time"]),
                 "swd": r["swd"],
+                "fd_ssl": r.get("fd_ssl"),
             }
             for r in evals
         ],
@@ -184,7 +187,7 @@ def evaluate_checkpoint(ckpt: Path, args: argparse.Namespace) -> dict[str, Any] 
     out = ckpt.with_suffix(f".n{args.n}.eval.json")
     old = cached_scores(out, ckpt, args)
     if old is not None:
-        return {k: old.get(k) for k in ("fid", "kid", "kid_std", "swd", "n_fake", "n_real")}
+        return {k: old.get(k) for k in SCORES}
     ev = [
         sys.executable, "-m", "animegen", "evaluate", str(ckpt), "--data", str(args.data),
         "--holdout", str(args.holdout), "--n", str(args.n), "--json", str(out), "--quiet",
@@ -198,7 +201,7 @@ def evaluate_checkpoint(ckpt: Path, args: argparse.Namespace) -> dict[str, Any] 
         if subprocess.call(ev, stdout=log, stderr=subprocess.STDOUT, env=env(args.threads)) != 0:
             return None
     final = json.loads(out.read_text())
-    return {k: final.get(k) for k in ("fid", "kid", "kid_std", "swd", "n_fake", "n_real")}
+    return {k: final.get(k) for k in SCORES}
 
 
 def score(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
@@ -280,14 +283,15 @@ def print_table(results: list[dict[str, Any]], fractions: list[float]) -> None:
     print("final generators (the same-wall-clock comparison when the runs had --minutes)")
     print(
         f"{'preset':<18} {'px':>3} {'batch':>5} {'images':>7} {'train s':>8} "
-        f"{'FID':>7} {'KID':>7} {'SWD':>7} {'n':>5}"
+        f"{'FID':>7} {'KID':>7} {'SWD':>7} {'FD-SSL':>7} {'n':>5}"
     )
     for r in results:
         f = r.get("final", {})
         secs = r["train_seconds"] or r["seconds"] or 0
         print(
             f"{r['preset']:<18} {r['size']:>3} {r['batch']:>5} {r['images']:>7} {secs:>8.0f} "
-            f"{num(f, 'fid', 1)} {num(f, 'kid', 4)} {num(f, 'swd', 1)} {f.get('n_fake', '-')!s:>5}"
+            f"{num(f, 'fid', 1)} {num(f, 'kid', 4)} {num(f, 'swd', 1)} {num(f, 'fd_ssl', 2)} "
+            f"{f.get('n_fake', '-')!s:>5}"
         )
     if fractions and results and results[0].get("final"):
         ref = results[0]
@@ -299,7 +303,11 @@ def print_table(results: list[dict[str, Any]], fractions: list[float]) -> None:
             for f in fractions:
                 target = round(ref["images"] * f)
                 hit = [s for s in r.get("scores", []) if s["target"] == target]
-                cells.append(f"{f:g}: {hit[0]['fid']:.1f} ({hit[0]['images']})" if hit else f"{f:g}: -")
+                if not hit:
+                    cells.append(f"{f:g}: -")
+                    continue
+                h = hit[0]
+                cells.append(f"{f:g}: FID {h['fid']:.1f} FD-SSL {h.get('fd_ssl') or 0:.2f} ({h['images']})")
             print(f"{r['preset']:<18} " + "  ".join(cells))
         goal = ref["final"].get("fid")
         if goal is not None:
@@ -317,9 +325,12 @@ def print_table(results: list[dict[str, Any]], fractions: list[float]) -> None:
                         f"{images} images ({images / ref['images']:.2f} of {ref['images']}), FID {fid:.1f}"
                     )
                 print(f"  {r['preset']:<18} {where}")
-    print("\nheld-out SWD by images seen (training seconds in brackets)")
+    print("\nheld-out SWD / FD-SSL by images seen (training seconds in brackets)")
     for r in results:
-        curve = "  ".join(f"{p['images']}: {p['swd']:.1f} ({p['train_seconds']:.0f} s)" for p in r["curve"])
+        curve = "  ".join(
+            f"{p['images']}: {p['swd']:.1f} / {p.get('fd_ssl') or 0:.2f} ({p['train_seconds']:.0f} s)"
+            for p in r["curve"]
+        )
         print(f"{r['preset']:<18} {curve}")
 
 

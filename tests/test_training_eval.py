@@ -108,7 +108,7 @@ def test_evaluate_holdout_uses_the_same_rows(image_folder, tmp_path, capsys):
     assert "--holdout" in capsys.readouterr().err
 
 
-def test_missing_inception_falls_back_to_swd(image_folder, tmp_path, monkeypatch, capsys):
+def test_missing_inception_falls_back_to_swd_and_fd_ssl(image_folder, tmp_path, monkeypatch, capsys):
     import animegen.metrics as metrics
     from animegen.metrics import MetricsUnavailable
 
@@ -119,9 +119,12 @@ def test_missing_inception_falls_back_to_swd(image_folder, tmp_path, monkeypatch
     run = tmp_path / "run"
     args = ["train", "--data", str(image_folder), "--epochs", "1", "--run-dir", str(run), *TINY]
     assert main([*args, "--holdout", "0.25", "--eval-every", "3"]) == 0
-    assert "SWD only" in capsys.readouterr().err
+    assert "without FID and KID" in capsys.readouterr().err
     evals = [r for r in _rows(run) if r.get("kind") == "eval"]
-    assert evals and all("swd" in e and "fid" not in e for e in evals)
+    assert evals and all("swd" in e and "fd_ssl" in e and "fid" not in e for e in evals)
+    # FD-SSL, which ImageNet features cannot game, picks the best checkpoint when it is measured.
+    _, meta = ckpt.read_checkpoint(run / "checkpoints" / "best.safetensors")
+    assert meta["best"]["metric"] == "fd_ssl"
 
 
 def test_resume_does_not_replace_a_better_best_file(image_folder, tmp_path):

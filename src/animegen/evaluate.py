@@ -26,6 +26,8 @@ def format_result(result: dict[str, Any]) -> str:
         parts.append(kid if spread is None else f"{kid} ± {spread * 1e3:.2f}e-3")
     if "swd" in result:
         parts.append(f"SWD {result['swd']:.2f} (x1e3)")
+    if "fd_ssl" in result:
+        parts.append(f"FD-SSL {result['fd_ssl']:.3f}")
     if "precision" in result:
         parts.append(f"precision {result['precision']:.3f} recall {result['recall']:.3f}")
     if "weights" in result:

@@ -1,5 +1,5 @@
-"""FID, KID, SWD (and optionally precision/recall) of a generator's faces against real ones: what
-`animegen evaluate` reports and what training evaluates on its held-out images."""
+"""FID, KID, SWD, FD-SSL (and optionally precision/recall) of a generator's faces against real ones:
+what `animegen evaluate` reports and what training evaluates on its held-out images."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ import torch
 from animegen import metrics as measures
 from animegen.choices import DEFAULT_BN_MODE
 from animegen.errors import UserError
+from animegen.metrics.face_features import FaceFeatures, face_features
 from animegen.sampling import Sampler
 from animegen.visual import make_grid, save_png
 
-METRICS = ("fid", "kid", "swd")
+METRICS = ("fid", "kid", "swd", "fd_ssl")
 # Inception is slow on a CPU: 10k + 10k images would take hours there (docs/design-notes.md).
 DEFAULT_N_GPU = 10_000
 DEFAULT_N_CPU = 1_000
@@ -97,10 +98,14 @@ def evaluate(
     nearest_out: Path | None = None,
     progress: Callable[[str], None] | None = None,
     extractor: Any = None,
+    face_encoder_path: str | None = None,
+    ruler: FaceFeatures | None = None,
+    truncation: float | None = None,
 ) -> dict[str, Any]:
     """Compare `n` generated faces with up to `n` real ones; returns a JSON-ready dict.
 
-    `extractor`: an InceptionFeatures already loaded (periodic evaluation during training reuses one).
+    `extractor` / `ruler`: an InceptionFeatures / FaceFeatures already loaded (periodic evaluation
+    during training reuses them). `face_encoder_path`: other weights for FD-SSL than the shipped ones.
     """
     started = time.perf_counter()
     device = gen.device
@@ -111,7 +116,7 @@ def evaluate(
     idx = real_subset(real_images, n, seed)
     say = progress or (lambda _m: None)
     say(f"sampling {n:,} faces")
-    fake = torch.cat(list(gen.iter_samples(n, seed=seed + 1, bn_mode=bn_mode)))
+    fake = torch.cat(list(gen.iter_samples(n, seed=seed + 1, bn_mode=bn_mode, truncation=truncation)))
     result: dict[str, Any] = {
         "checkpoint": str(gen.source),
         "n_fake": int(len(fake)),
@@ -119,6 +124,7 @@ def evaluate(
         "image_size": size,
         "bn_mode": bn_mode,
         "seed": seed,
+        "truncation": truncation,
     }
     need_inception = bool({"fid", "kid"} & set(metrics)) or precision_recall or nearest > 0
     if need_inception:
@@ -149,6 +155,14 @@ def evaluate(
         out = measures.swd(real_t, fake, seed=seed)
         result["swd"] = out["mean"]
         result["swd_levels"] = {str(k): v for k, v in out["levels"].items()}
+    if "fd_ssl" in metrics:
+        say("FD-SSL (face-encoder features)")
+        ruler = ruler or FaceFeatures(face_encoder_path, device)
+        real_t = torch.from_numpy(np.ascontiguousarray(real_images[idx]))
+        result["fd_ssl"] = measures.fid_from_features(
+            face_features(real_t, extractor=ruler), face_features(fake, extractor=ruler)
+        )
+        result["fd_ssl_encoder"] = ruler.id
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
 

@@ -1,4 +1,4 @@
-"""Evaluation during training: FID/KID/SWD of the current generator against the held-out images.
+"""Evaluation during training: FID/KID/SWD/FD-SSL of the current generator against the held-out images.
 
 Runs on the main process every `train.eval_every` iterations. The held-out rows come from
 data/split.py, so they are never trained on; their Inception features are computed once per run
@@ -21,11 +21,13 @@ from animegen import metrics as measures
 from animegen.config import Config
 from animegen.data.cache import ImageSet
 from animegen.metrics.evaluation import DEFAULT_N_CPU, DEFAULT_N_GPU, evaluate
+from animegen.metrics.face_features import FaceFeatures
 from animegen.sampling import Sampler
 
-# FID when it is measured (lower is better); SWD otherwise.
-RANKING = ("fid", "swd")
-KEPT = ("fid", "kid", "kid_std", "swd", "n_fake", "n_real", "seconds")
+# Which score picks the best checkpoint (lower is better): FD-SSL first, since a discriminator built
+# on ImageNet features can lower Inception FID without better faces (metrics/face_features.py).
+RANKING = ("fd_ssl", "fid", "swd")
+KEPT = ("fid", "kid", "kid_std", "swd", "fd_ssl", "n_fake", "n_real", "seconds")
 
 
 @dataclass
@@ -53,12 +55,13 @@ class PeriodicEvaluator:
         self.n = cfg.train.eval_n or min(len(self.real), cap)
         self.metrics = tuple(m.strip() for m in cfg.train.eval_metrics.split(",") if m.strip())
         self.extractor = None
+        self.ruler = FaceFeatures(None, device) if "fd_ssl" in self.metrics else None
         if {"fid", "kid"} & set(self.metrics):
             try:
                 self.extractor = measures.InceptionFeatures(None, device)
             except measures.MetricsUnavailable as e:
-                warn(f"{e}; evaluating with SWD only")
-                self.metrics = ("swd",)
+                warn(f"{e}; evaluating without FID and KID")
+                self.metrics = tuple(m for m in self.metrics if m not in ("fid", "kid")) or ("swd",)
         if "swd" in self.metrics and cfg.model.image_size < 16:
             self.metrics = tuple(m for m in self.metrics if m != "swd")
         self.score_name = next((m for m in RANKING if m in self.metrics), "")
@@ -75,6 +78,7 @@ class PeriodicEvaluator:
             n=self.n,
             metrics=self.metrics,
             extractor=self.extractor,
+            ruler=self.ruler,
         )
         kept = {k: result[k] for k in KEPT if k in result}
         score = float(result[self.score_name]) if self.score_name else float("nan")

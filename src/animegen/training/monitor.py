@@ -12,7 +12,7 @@ import numpy as np
 from animegen.errors import UserError
 from animegen.runlog import read_log
 
-SCALARS = ("loss_D", "loss_G", "D_x", "D_G_z", "images_per_s", "fid", "kid", "swd")
+SCALARS = ("loss_D", "loss_G", "D_x", "D_G_z", "images_per_s", "fid", "kid", "swd", "fd_ssl")
 
 
 class Monitor:

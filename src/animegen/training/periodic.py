@@ -79,7 +79,7 @@ class PeriodicWork:
                     }
                 )
                 shown = ", ".join(
-                    f"{k} {v:.4g}" for k, v in result.metrics.items() if k in ("fid", "kid", "swd")
+                    f"{k} {v:.4g}" for k, v in result.metrics.items() if k in ("fid", "kid", "swd", "fd_ssl")
                 )
                 better = math.isfinite(result.score) and (
                     self.best.get("metric") != result.score_name or result.score < self.best["score"]
