@@ -20,6 +20,11 @@ gradients + weight gradients):
            G backward                           2 F_G
   total                                         8 F_D + 3 F_G
 
+A projected D (animegen/projected.py) splits F_D into the frozen backbone's F_B and the trained
+heads' F_D. The D step runs the backbone forward only (no gradient flows into it: 2 F_B), the G
+step forward and back to the image (2 F_B), so the total is 8 F_D + 3 F_G + 4 F_B. Its fixed
+random projections are functional 1x1 convolutions, left out like BatchNorm.
+
 Left out, because they are small or not matmuls: BatchNorm, activations, losses, Adam, spectral
 norm's power iteration, DiffAugment, R1, and the fact that the first layer of D on real images and
 of G need no input gradient (each pass is at most ~1/3 of one small layer's cost). MFU computed
@@ -53,16 +58,19 @@ class LayerFlops:
 
 @dataclass(frozen=True)
 class TrainFlops:
-    """Forward FLOPs of G and D per image and the training-iteration total (8 F_D + 3 F_G)."""
+    """Forward FLOPs of G, D (and a projected D's frozen backbone) per image and the training-iteration
+    total (8 F_D + 3 F_G + 4 F_B)."""
 
     g_forward: int
     d_forward: int
     g_layers: tuple[LayerFlops, ...]
     d_layers: tuple[LayerFlops, ...]
+    backbone_forward: int = 0
+    backbone_layers: tuple[LayerFlops, ...] = ()
 
     @property
     def per_image(self) -> int:
-        return 8 * self.d_forward + 3 * self.g_forward
+        return 8 * self.d_forward + 3 * self.g_forward + 4 * self.backbone_forward
 
 
 def _layer_flops(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
@@ -123,11 +131,17 @@ def train_flops(cfg: ModelConfig) -> TrainFlops:
     g, d = build_models(cfg)
     g_layers = forward_flops(g, torch.zeros(1, cfg.z_dim, 1, 1))
     d_layers = forward_flops(d, torch.zeros(1, 3, cfg.image_size, cfg.image_size))
+    b_layers: list[LayerFlops] = []
+    if cfg.d_backbone:  # hidden from d.modules(), so counted on its own at the side it sees
+        side = d.input_size
+        b_layers = forward_flops(d.backbone, torch.zeros(1, 3, side, side))
     return TrainFlops(
         g_forward=sum(layer.flops for layer in g_layers),
         d_forward=sum(layer.flops for layer in d_layers),
         g_layers=tuple(g_layers),
         d_layers=tuple(d_layers),
+        backbone_forward=sum(layer.flops for layer in b_layers),
+        backbone_layers=tuple(b_layers),
     )
 
 
@@ -138,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cfg = build_config(args.preset, sets=args.set)
     count = train_flops(cfg.model)
-    for net, layers in (("G", count.g_layers), ("D", count.d_layers)):
+    for net, layers in (("G", count.g_layers), ("D", count.d_layers), ("B", count.backbone_layers)):
         for layer in layers:
             print(
                 f"{net} {layer.name:<12} {layer.kind:<16} {str(layer.in_shape):<20} -> "
@@ -146,9 +160,10 @@ def main(argv: list[str] | None = None) -> int:
             )
     print(
         f"G forward {count.g_forward / 1e9:.3f} GFLOP/image, "
-        f"D forward {count.d_forward / 1e9:.3f} GFLOP/image"
+        f"D forward {count.d_forward / 1e9:.3f} GFLOP/image, "
+        f"frozen backbone forward {count.backbone_forward / 1e9:.3f} GFLOP/image"
     )
-    print(f"training iteration (8 F_D + 3 F_G): {count.per_image / 1e9:.3f} GFLOP/image")
+    print(f"training iteration (8 F_D + 3 F_G + 4 F_B): {count.per_image / 1e9:.3f} GFLOP/image")
     return 0
 
 

@@ -82,6 +82,11 @@ CONFIGS: tuple[BenchConfig, ...] = (
         "dcgan64",
         ("--amp", "bf16", "--set", "train.matmul_deconv_grads=false"),
     ),
+    # The presets to pick: modern (FastGAN pair) and projected (its G against a D on frozen
+    # EfficientNet-lite0 features, which needs the [projected] extra), both at 64 px here.
+    BenchConfig("modern", "modern", ("--set", "model.image_size=64"), note="FastGAN pair, 64 px, batch 32"),
+    BenchConfig("projected", "projected", note="modern G, frozen-feature D, 64 px, batch 32"),
+    BenchConfig("projected/d_input=96", "projected", ("--set", "model.d_input=96")),
     BenchConfig("seed/reuse_memory=off", "seed", ("--set", "train.reuse_memory=false")),
     BenchConfig("default/reuse_memory=off", "default", ("--set", "train.reuse_memory=false")),
     BenchConfig("default/channels_last=false", "default", ("--set", "train.channels_last=false")),

@@ -28,6 +28,7 @@ LAYERS = {
     "animegen.config": 1,
     "animegen.models": 2,
     "animegen.fastgan": 2,  # the FastGAN-style family, a network module beside models.py
+    "animegen.projected": 2,  # the D on frozen pretrained features, beside them
     # shared by training and inference: file format, layers, devices, data, sampling
     "animegen.checkpoint_format": 3,
     "animegen.deconv_grad": 3,

@@ -80,7 +80,8 @@ def score_images(disc: LoadedDiscriminator | nn.Module, images: torch.Tensor) ->
     device = next(net.parameters()).device
     x = images.to(device).float().div(127.5).sub(1.0)
     with bn_mode_context(net, "eval"):
-        return net(x).reshape(-1).float().cpu()
+        # A projected D gives several logits per image: their mean is the image's score.
+        return net(x).reshape(len(x), -1).mean(dim=1).float().cpu()
 
 
 def best_of(
@@ -90,6 +91,7 @@ def best_of(
     candidates: int,
     seed: int = 0,
     bn_mode: str = DEFAULT_BN_MODE,
+    truncation: float | None = None,
 ) -> BestOf:
     """Sample `candidates` faces with seed `seed`, keep the `n` that D scores highest, best first.
 
@@ -110,7 +112,7 @@ def best_of(
     kept_scores = torch.empty(0)
     kept_indices = torch.empty(0, dtype=torch.int64)
     start = 0
-    for batch in gen.iter_samples(candidates, seed, bn_mode):
+    for batch in gen.iter_samples(candidates, seed, bn_mode, truncation):
         scores = score_images(disc, batch)
         indices = torch.arange(start, start + len(batch), dtype=torch.int64)
         start += len(batch)

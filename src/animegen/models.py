@@ -128,6 +128,10 @@ def build_generator(cfg: ModelConfig) -> nn.Module:
 
 def build_discriminator(cfg: ModelConfig) -> nn.Module:
     """An untrained discriminator of cfg.arch (weights from PyTorch's default init)."""
+    if cfg.d_backbone:
+        from animegen.projected import ProjectedDiscriminator  # needs the [projected] extra
+
+        return ProjectedDiscriminator(cfg)
     if cfg.arch == "fastgan":
         return FastDiscriminator(cfg)
     return Discriminator(cfg)

@@ -10,6 +10,20 @@ from animegen.cli.common import EXIT_INTERRUPTED, _add_device_flag
 from animegen.config import AMP_MODES, COMPILE_MODES, PRESETS
 from animegen.errors import UserError
 
+# Saved settings that shape the networks: a resumed run cannot change them.
+ARCH_KEYS = (
+    "arch",
+    "image_size",
+    "z_dim",
+    "width",
+    "d_first_bn",
+    "d_norm",
+    "d_recon",
+    "d_backbone",
+    "d_input",
+    "d_pixel",
+)
+
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -62,8 +76,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
         "--eval-every",
         type=int,
         metavar="N",
-        help="every N iterations: FID/KID/SWD on the held-out images into log.jsonl, "
-        "and checkpoints/best.safetensors by FID (SWD without the Inception weights)",
+        help="every N iterations: FID/KID/SWD/FD-SSL on the held-out images into log.jsonl, "
+        "and checkpoints/best.safetensors by FD-SSL",
     )
     p.add_argument("--max-steps", type=int, metavar="N", help="stop after N iterations in total (quick runs)")
     p.add_argument(
@@ -194,7 +208,7 @@ def _train_process(args: argparse.Namespace, demo: bool, info) -> int:
                 set_value(cfg, key, value, "command line")
         cfg.validate()
         saved = meta.get("config", {}).get("model", {})
-        for key in ("arch", "image_size", "z_dim", "width", "d_first_bn", "d_norm"):
+        for key in ARCH_KEYS:
             if key in saved and saved[key] != getattr(cfg.model, key):
                 raise UserError(
                     f"{resume_path}: trained with model.{key}={saved[key]!r}, cannot resume with "
