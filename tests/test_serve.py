@@ -271,3 +271,15 @@ def test_cli_handler(gen, monkeypatch, capsys):
     args = parser.parse_args(["serve", str(gen.source), "--max-n", "0"])
     with pytest.raises(UserError, match="--max-n"):
         args.func(args)
+
+
+def test_truncation_is_a_query_parameter(client, gen):
+    grid = _png(client.get("/api/grid.png?seed=3&n=4&nrow=4&truncation=0.5"))
+    want = make_grid(gen.sample(4, seed=3, truncation=0.5), nrow=4, padding=serve.GRID_PADDING)
+    assert np.array_equal(grid, want)
+    face = _png(client.get("/api/face.png?seed=3&index=2&scale=1&truncation=0.5"))
+    assert np.array_equal(face, gen.sample(3, seed=3, truncation=0.5)[2].permute(1, 2, 0).numpy())
+    assert _png(client.get("/api/interpolate.png?a=1&b=2&t=0.3&scale=1&truncation=1")).shape[0] == S
+    for bad in ("0", "-1", "nan", "11"):
+        r = client.get(f"/api/grid.png?truncation={bad}")
+        assert r.status_code == 422 and "truncation" in r.json()["error"]

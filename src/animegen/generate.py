@@ -167,14 +167,20 @@ def write_grid(
     nrow: int = 8,
     seed: int = 0,
     bn_mode: str = DEFAULT_BN_MODE,
+    truncation: float | None = None,
 ) -> Path:
-    images = gen.sample(n, seed=seed, bn_mode=bn_mode)
+    images = gen.sample(n, seed=seed, bn_mode=bn_mode, truncation=truncation)
     save_grid(images, path, nrow=nrow)
     return Path(path)
 
 
 def write_files(
-    gen: LoadedGenerator, n: int, outdir: str | os.PathLike, seed: int = 0, bn_mode: str = DEFAULT_BN_MODE
+    gen: LoadedGenerator,
+    n: int,
+    outdir: str | os.PathLike,
+    seed: int = 0,
+    bn_mode: str = DEFAULT_BN_MODE,
+    truncation: float | None = None,
 ) -> list[Path]:
     """One PNG per face, named by seed and index so runs with different seeds don't collide.
 
@@ -188,7 +194,7 @@ def write_files(
     pending: deque[Future] = deque()
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="png") as writers:
         try:
-            for batch in gen.iter_samples(n, seed, bn_mode):
+            for batch in gen.iter_samples(n, seed, bn_mode, truncation):
                 while len(pending) > CHUNK:
                     pending.popleft().result()
                 for img in batch.permute(0, 2, 3, 1).numpy():

@@ -26,7 +26,9 @@ __all__ = [
     "Sampler",
     "bn_mode_context",
     "chunk_noise",
+    "check_truncation",
     "sample_images",
+    "truncated_normal",
 ]
 
 
@@ -60,9 +62,29 @@ def sample_images(net: nn.Module, noise: torch.Tensor, bn_mode: str = DEFAULT_BN
         return to_uint8(net(noise))
 
 
-def chunk_noise(seed: int, chunk: int, z_dim: int) -> torch.Tensor:
+def check_truncation(truncation: float | None) -> None:
+    if truncation is not None and not (truncation > 0 and math.isfinite(truncation)):
+        raise UserError(f"truncation must be a positive number (e.g. 1.0), not {truncation}")
+
+
+def truncated_normal(shape: tuple[int, ...], truncation: float, generator: torch.Generator) -> torch.Tensor:
+    """N(0, 1) restricted to [-truncation, truncation] (BigGAN's truncation trick), by inverse CDF.
+
+    Each entry is the quantile of one uniform draw, so a seed keeps its place in the distribution
+    as the truncation changes: the same face drifts towards the typical one as the value shrinks.
+    """
+    low = torch.special.ndtr(torch.tensor(-float(truncation), dtype=torch.float64))
+    u = torch.rand(shape, generator=generator, dtype=torch.float64)
+    return torch.special.ndtri(low + u * (1 - 2 * low)).float()
+
+
+def chunk_noise(seed: int, chunk: int, z_dim: int, truncation: float | None = None) -> torch.Tensor:
+    """The latents of one chunk of faces of `seed`; `truncation` draws them from the truncated normal."""
     g = torch.Generator().manual_seed(derived_seed(seed, CHUNK_NOISE, chunk))
-    return torch.randn(CHUNK, z_dim, 1, 1, generator=g)
+    if truncation is None:
+        return torch.randn(CHUNK, z_dim, 1, 1, generator=g)
+    check_truncation(truncation)
+    return truncated_normal((CHUNK, z_dim, 1, 1), truncation, g)
 
 
 @dataclass
@@ -79,20 +101,34 @@ class Sampler:
     def z_dim(self) -> int:
         return self.config.z_dim
 
-    def noise(self, n: int, seed: int = 0) -> torch.Tensor:
-        chunks = [chunk_noise(seed, c, self.z_dim) for c in range(math.ceil(n / CHUNK))]
+    def noise(self, n: int, seed: int = 0, truncation: float | None = None) -> torch.Tensor:
+        chunks = [chunk_noise(seed, c, self.z_dim, truncation) for c in range(math.ceil(n / CHUNK))]
         return torch.cat(chunks)[:n] if chunks else torch.empty(0, self.z_dim, 1, 1)
 
-    def iter_samples(self, n: int, seed: int = 0, bn_mode: str = DEFAULT_BN_MODE) -> Iterator[torch.Tensor]:
-        """uint8 batches (<= CHUNK, 3, S, S) totalling n faces; memory stays bounded for any n."""
+    def iter_samples(
+        self, n: int, seed: int = 0, bn_mode: str = DEFAULT_BN_MODE, truncation: float | None = None
+    ) -> Iterator[torch.Tensor]:
+        """uint8 batches (<= CHUNK, 3, S, S) totalling n faces; memory stays bounded for any n.
+
+        `truncation` (e.g. 1.0): latents from N(0, 1) cut at +-truncation, which trades variety for
+        typical, cleaner faces (docs/quality.md measures it); None draws plain N(0, 1).
+        """
+        check_truncation(truncation)
         for c in range(math.ceil(n / CHUNK)):
-            z = chunk_noise(seed, c, self.z_dim).to(self.device)
+            z = chunk_noise(seed, c, self.z_dim, truncation).to(self.device)
             images = sample_images(self.net, z, bn_mode)
             yield images[: min(CHUNK, n - c * CHUNK)]
 
-    def sample(self, n: int, seed: int = 0, bn_mode: str = DEFAULT_BN_MODE, pil: bool = False):
+    def sample(
+        self,
+        n: int,
+        seed: int = 0,
+        bn_mode: str = DEFAULT_BN_MODE,
+        pil: bool = False,
+        truncation: float | None = None,
+    ):
         """n faces as a uint8 tensor (n, 3, S, S), or a list of PIL images with pil=True."""
-        parts = list(self.iter_samples(n, seed, bn_mode))
+        parts = list(self.iter_samples(n, seed, bn_mode, truncation))
         images = (
             torch.cat(parts) if parts else torch.empty(0, 3, self.config.image_size, self.config.image_size)
         )

@@ -88,25 +88,29 @@ def create_app(gen: "LoadedGenerator", max_n: int = DEFAULT_MAX_N) -> "FastAPI":
     # in place, so two requests must never overlap on it; one thread also keeps a single malloc
     # arena for the activations, where a pool of request threads would each keep their own.
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="animegen-model")
+    # Latents cut at +-truncation (sampling.truncated_normal); absent: plain N(0, 1).
+    TRUNCATION = Query(None, gt=0.0, le=10.0, allow_inf_nan=False)  # noqa: N806 - a shared default
 
     async def on_model_thread(fn, *args):
         return await asyncio.wrap_future(worker.submit(fn, *args))
 
-    def grid_png(seed: int, n: int, nrow: int, bn: str) -> bytes:
-        return _png(make_grid(gen.sample(n, seed=seed, bn_mode=bn), nrow=nrow, padding=GRID_PADDING))
+    def grid_png(seed: int, n: int, nrow: int, bn: str, trunc: float | None) -> bytes:
+        faces = gen.sample(n, seed=seed, bn_mode=bn, truncation=trunc)
+        return _png(make_grid(faces, nrow=nrow, padding=GRID_PADDING))
 
-    def face_png(seed: int, index: int, scale: int, bn: str) -> bytes:
+    def face_png(seed: int, index: int, scale: int, bn: str, trunc: float | None) -> bytes:
         # Only the chunk holding the face is drawn; with batch-statistics BatchNorm the face depends
         # on that whole chunk, which is how gen.sample draws it, so it is pixel-equal to the grid's.
         chunk, row = divmod(index, CHUNK)
-        images = gen.from_latents(chunk_noise(seed, chunk, gen.z_dim), bn)
+        images = gen.from_latents(chunk_noise(seed, chunk, gen.z_dim, trunc), bn)
         return _png(images[row].permute(1, 2, 0).numpy(), scale)
 
-    def interpolate_png(a: int, b: int, t: float, scale: int, bn: str) -> bytes:
+    def interpolate_png(a: int, b: int, t: float, scale: int, bn: str, trunc: float | None) -> bytes:
         # Face 0 of seed a and of seed b are each drawn inside their seed's first chunk, so under
         # batch-statistics BatchNorm the whole chunk is interpolated: the other 63 latents give the
         # batch statistics, which then move smoothly too, and the ends are exactly the grids' faces.
-        za, zb = chunk_noise(a, 0, gen.z_dim).flatten(1), chunk_noise(b, 0, gen.z_dim).flatten(1)
+        za = chunk_noise(a, 0, gen.z_dim, trunc).flatten(1)
+        zb = chunk_noise(b, 0, gen.z_dim, trunc).flatten(1)
         if bn == "eval":  # each face is independent of its batch: draw just the one
             za, zb = za[:1], zb[:1]
         z = za if t == 0 else zb if t == 1 else slerp(za, zb, torch.tensor([t], dtype=za.dtype))[0]
@@ -168,8 +172,9 @@ def create_app(gen: "LoadedGenerator", max_n: int = DEFAULT_MAX_N) -> "FastAPI":
         n: int = Query(16, ge=1, le=max_n),
         nrow: int = Query(8, ge=1, le=max_n),
         bn: Literal["batch", "eval"] = Query(DEFAULT_BN_MODE),
+        truncation: float | None = TRUNCATION,
     ) -> Response:
-        return png_response(request, await on_model_thread(grid_png, seed, n, nrow, bn))
+        return png_response(request, await on_model_thread(grid_png, seed, n, nrow, bn, truncation))
 
     @app.get("/api/face.png", response_class=Response)
     async def api_face(
@@ -178,8 +183,9 @@ def create_app(gen: "LoadedGenerator", max_n: int = DEFAULT_MAX_N) -> "FastAPI":
         index: int = Query(0, ge=0, le=max_n - 1),
         scale: int = Query(face_scale, ge=1, le=MAX_SCALE),
         bn: Literal["batch", "eval"] = Query(DEFAULT_BN_MODE),
+        truncation: float | None = TRUNCATION,
     ) -> Response:
-        return png_response(request, await on_model_thread(face_png, seed, index, scale, bn))
+        return png_response(request, await on_model_thread(face_png, seed, index, scale, bn, truncation))
 
     @app.get("/api/interpolate.png", response_class=Response)
     async def api_interpolate(
@@ -189,8 +195,10 @@ def create_app(gen: "LoadedGenerator", max_n: int = DEFAULT_MAX_N) -> "FastAPI":
         t: float = Query(0.5, ge=0.0, le=1.0, allow_inf_nan=False),
         scale: int = Query(face_scale, ge=1, le=MAX_SCALE),
         bn: Literal["batch", "eval"] = Query(DEFAULT_BN_MODE),
+        truncation: float | None = TRUNCATION,
     ) -> Response:
-        return png_response(request, await on_model_thread(interpolate_png, a, b, t, scale, bn))
+        job = on_model_thread(interpolate_png, a, b, t, scale, bn, truncation)
+        return png_response(request, await job)
 
     app.state.generator = gen
     app.state.info = info

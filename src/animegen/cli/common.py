@@ -25,5 +25,15 @@ def _add_bn_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_truncation_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--truncation",
+        type=float,
+        metavar="T",
+        help="draw latents from N(0, 1) cut at +-T: lower T, more typical faces and less variety "
+        "(e.g. 1.0; default: no truncation)",
+    )
+
+
 def _add_device_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")

@@ -11,9 +11,11 @@ from animegen.errors import UserError
 
 def _generate(args: argparse.Namespace) -> int:
     from animegen.generate import load_generator, write_files, write_grid
+    from animegen.sampling import check_truncation
 
     if args.n < 1:
         raise UserError("-n must be at least 1")
+    check_truncation(args.truncation)
     if args.best_of is not None and args.best_of < args.n:
         raise UserError(
             f"--best-of {args.best_of}: the number of candidates must be at least -n ({args.n}), "
@@ -33,10 +35,20 @@ def _generate(args: argparse.Namespace) -> int:
     if args.best_of is not None:
         return _generate_best_of(args, gen)
     if args.grid:
-        path = write_grid(gen, args.n, args.grid, nrow=args.nrow, seed=args.seed, bn_mode=args.bn)
+        path = write_grid(
+            gen,
+            args.n,
+            args.grid,
+            nrow=args.nrow,
+            seed=args.seed,
+            bn_mode=args.bn,
+            truncation=args.truncation,
+        )
         print(f"wrote {args.n} faces to {path}")
     if args.outdir:
-        paths = write_files(gen, args.n, args.outdir, seed=args.seed, bn_mode=args.bn)
+        paths = write_files(
+            gen, args.n, args.outdir, seed=args.seed, bn_mode=args.bn, truncation=args.truncation
+        )
         print(f"wrote {len(paths)} files to {args.outdir}")
     return 0
 
@@ -47,7 +59,9 @@ def _generate_best_of(args: argparse.Namespace, gen) -> int:
 
     # gen.source is the resolved file, so D comes from the very checkpoint G came from.
     disc = load_discriminator(gen.source, device=gen.device)
-    images, scores, indices = best_of(gen, disc, args.n, args.best_of, seed=args.seed, bn_mode=args.bn)
+    images, scores, indices = best_of(
+        gen, disc, args.n, args.best_of, seed=args.seed, bn_mode=args.bn, truncation=args.truncation
+    )
     print(
         f"kept the {len(images)} best of {args.best_of} candidates by discriminator score "
         f"({scores[0].item():.4g} down to {scores[-1].item():.4g})"
@@ -122,7 +136,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         metrics=metrics,
         precision_recall=args.pr,
         inception_path=args.inception,
+        face_encoder_path=args.face_encoder,
         seed=args.seed,
+        truncation=args.truncation,
         bn_mode=args.bn,
         nearest=args.nearest,
         nearest_out=nearest_out,
