@@ -16,6 +16,12 @@ computed after training, with `animegen evaluate` on kept checkpoints (n faces p
       --fid-fractions 0.25 0.5 1 --n 300 --parallel 3 --out study64 [--presets seed default modern]
   python benchmarks/quality.py --data DIR --size 64 --images 16000 --out study64     # equal images
 
+With --marks 30 60 (minutes, instead of --minutes), each run trains to the first mark, keeps a copy
+of its checkpoint there, resumes exactly to the next, and so on; every mark is scored, so the runs
+are compared at equal wall time at each mark (the equal-time rows of docs/quality.md):
+  python benchmarks/quality.py --data DIR --size 64 --marks 30 60 --every-images 16000 --n 1000 \
+      --parallel 2 --threads 1 --out OUT --presets modern projected
+
 With --reuse, runs already in --out are scored again instead of retrained (add a preset to an
 earlier study at equal images, or score it at a larger n), and a checkpoint's evaluation JSON is
 reused when it was made against the same held-out faces at the same n.
@@ -29,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -39,6 +46,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
+from animegen.checkpoint_format import latest_good_checkpoint, read_checkpoint  # noqa: E402
 from animegen.config import build_config  # noqa: E402
 from animegen.runlog import read_log  # noqa: E402
 
@@ -81,7 +89,9 @@ def train(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         "--set", f"train.threads={args.threads}", "--epochs", "100000", "--run-dir", str(run),
         "--quiet", "--device", "cpu",
     ]  # fmt: skip
-    if args.minutes:
+    if args.marks:
+        cmd += ["--max-minutes", f"{args.marks[0]:g}"]
+    elif args.minutes:
         cmd += ["--max-minutes", str(args.minutes)]
     else:
         cmd += ["--max-steps", str(steps)]
@@ -95,11 +105,27 @@ def train(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         cmd += ["--limit", str(args.limit)]
     started = time.perf_counter()
     reused = args.reuse and (run / "log.jsonl").exists()
+    marks: dict[str, str] = {}
     if reused:  # a finished run of an earlier study: score it again, do not retrain it
         code = 0
+        marks = {f"{m:g}": str(run / f"mark-{m:g}min.safetensors") for m in args.marks or []}
     else:
         with open(args.out / f"{name}-{args.size}.train.txt", "w") as log:
             code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env(args.threads))
+            for k, mark in enumerate(args.marks or []):
+                if code != 0:
+                    break
+                if k:
+                    resume = [sys.executable, "-m", "animegen", "train", "--resume", str(run)]
+                    resume += ["--max-minutes", f"{mark:g}", "--quiet"]
+                    code = subprocess.call(
+                        resume, stdout=log, stderr=subprocess.STDOUT, env=env(args.threads)
+                    )
+                if code == 0:  # the run's checkpoint at this mark, kept apart from later pruning
+                    newest, _ = latest_good_checkpoint(run / "checkpoints")
+                    kept = run / f"mark-{mark:g}min.safetensors"
+                    shutil.copyfile(newest, kept)
+                    marks[f"{mark:g}"] = str(kept)
     rows = read_log(run / "log.jsonl")
     evals = [r for r in rows if r.get("kind") == "eval" and "swd" in r]
     last_iteration = max((r.get("iteration", 0) for r in rows), default=0)
@@ -116,12 +142,14 @@ def train(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         "train_seconds": evals[-1].get("train_seconds", evals[-1]["wall_time"]) if evals else None,
         "run": str(run),
         "every_images": every * batch,
+        "marks": marks,
         "curve": [
             {
                 "images": r["iteration"] * batch,
                 "train_seconds": r.get("train_seconds", r["wall_time"]),
                 "swd": r["swd"],
                 "fd_ssl": r.get("fd_ssl"),
+                "d_gap": r.get("d_gap"),
             }
             for r in evals
         ],
@@ -218,6 +246,23 @@ def score(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         r.setdefault("scores", []).append({"images": p["images"], "target": p["target"], **metrics})
         if p["final"]:
             r["final"] = {"images": p["images"], **metrics}
+
+
+def score_marks(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    """FID/KID/SWD/FD-SSL of each run's checkpoint at each --marks minute, into result["at_marks"]."""
+    jobs = [(r, mark, Path(path)) for r in results for mark, path in r.get("marks", {}).items()]
+    if not jobs:
+        return
+    first = [evaluate_checkpoint(jobs[0][2], args)]
+    with ThreadPoolExecutor(args.parallel) as pool:
+        rest = list(pool.map(lambda job: evaluate_checkpoint(job[2], args), jobs[1:]))
+    for (r, mark, path), metrics in zip(jobs, first + rest, strict=True):
+        if metrics is not None:
+            _, meta = read_checkpoint(path)
+            r.setdefault("at_marks", {})[mark] = {"images": meta["iteration"] * r["batch"], **metrics}
+    for r in results:  # the last mark is the run's final generator
+        if r.get("at_marks"):
+            r["final"] = list(r["at_marks"].values())[-1]
 
 
 def side_by_side(results: list[dict[str, Any]], out: Path) -> None:
@@ -325,6 +370,20 @@ def print_table(results: list[dict[str, Any]], fractions: list[float]) -> None:
                         f"{images} images ({images / ref['images']:.2f} of {ref['images']}), FID {fid:.1f}"
                     )
                 print(f"  {r['preset']:<18} {where}")
+    marked = [r for r in results if r.get("at_marks")]
+    if marked:
+        print(
+            "\nat each mark (equal training minutes; FD-SSL, SWD and Inception FID/KID on the held-out faces)"
+        )
+        print(
+            f"{'preset':<18} {'min':>5} {'images':>8} {'FID':>7} {'KID':>7} {'SWD':>7} {'FD-SSL':>7} {'n':>5}"
+        )
+        for r in marked:
+            for mark, f in r["at_marks"].items():
+                print(
+                    f"{r['preset']:<18} {mark:>5} {f['images']:>8} {num(f, 'fid', 1)} {num(f, 'kid', 4)} "
+                    f"{num(f, 'swd', 1)} {num(f, 'fd_ssl', 2)} {f.get('n_fake', '-')!s:>5}"
+                )
     print("\nheld-out SWD / FD-SSL by images seen (training seconds in brackets)")
     for r in results:
         curve = "  ".join(
@@ -340,6 +399,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--images", type=int, default=16000, help="images seen per run (without --minutes)")
     p.add_argument("--minutes", type=float, help="training minutes per run instead of a number of images")
+    p.add_argument(
+        "--marks",
+        type=float,
+        nargs="+",
+        help="training minutes at which every run is snapshotted and scored (instead of --minutes)",
+    )
     p.add_argument(
         "--presets",
         nargs="+",
@@ -372,16 +437,25 @@ def main(argv: list[str] | None = None) -> int:
     args.data = args.data.resolve()
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.minutes and not args.every_images:
+    if args.marks:
+        args.marks = sorted(args.marks)
+        if args.minutes or args.fid_fractions:
+            p.error("--marks replaces --minutes and --fid-fractions")
+    if (args.minutes or args.marks) and not args.every_images:
         p.error("--minutes needs --every-images (the number of images per run is not known in advance)")
     with ThreadPoolExecutor(args.parallel) as pool:
         results = list(pool.map(lambda preset: train(preset, args), args.presets))
     (args.out / "study.json").write_text(json.dumps(results, indent=2) + "\n")
-    score(results, args)
+    if args.marks:
+        score_marks(results, args)
+    else:
+        score(results, args)
     (args.out / "study.json").write_text(json.dumps(results, indent=2) + "\n")
     side_by_side(results, args.out / "side_by_side.png")
     plot_curves(results, args.out / "curves.png")
     budget = f"{args.minutes:g} training minutes" if args.minutes else f"{args.images} images"
+    if args.marks:
+        budget = "marks at " + ", ".join(f"{m:g}" for m in args.marks) + " training minutes"
     print(f"data {args.data}, held out {args.holdout:.0%}, {args.size} px, {budget} per run")
     print_table(results, args.fid_fractions)
     return 0 if all(r["train_exit"] == 0 for r in results) else 1

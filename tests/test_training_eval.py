@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from conftest import TINY
 
 from animegen import checkpoint_format as ckpt
@@ -50,6 +51,8 @@ def test_eval_rows_and_best_checkpoint(image_folder, tmp_path):
     # 40 images, 10 held out, batch 8: 3 steps per epoch, 6 in all; evaluated at 3 and 6.
     assert [e["iteration"] for e in evals] == [3, 6]
     assert all(e["n_real"] == 10 and e["swd"] > 0 for e in evals)
+    # D's scores on training and held-out faces, and their gap (overfitting shows as a growing gap).
+    assert all(e["d_gap"] == pytest.approx(e["d_train"] - e["d_heldout"], abs=1e-4) for e in evals)
     assert all("loss_D" in r for r in rows if r.get("kind") != "eval")
     best_path = run / "checkpoints" / "best.safetensors"
     _, meta = ckpt.read_checkpoint(best_path)
@@ -141,3 +144,17 @@ def test_resume_does_not_replace_a_better_best_file(image_folder, tmp_path):
     assert after["best"]["score"] == 1e-6
     _, newest = ckpt.read_checkpoint(ckpt.list_checkpoints(run / "checkpoints")[-1])
     assert newest["best"]["score"] == 1e-6
+
+
+@pytest.mark.parametrize("preset", ["default", "modern"])
+def test_evaluating_does_not_change_training(image_folder, tmp_path, preset):
+    # Sampling G and scoring D on real faces leave every weight, statistic and random stream alone.
+    common = ["train", "--data", str(image_folder), "--preset", preset, "--epochs", "2", *TINY]
+    common += ["--holdout", "0.25", "--set", "train.eval_metrics=swd"]
+    assert main([*common, "--run-dir", str(tmp_path / "plain")]) == 0
+    assert main([*common, "--eval-every", "2", "--run-dir", str(tmp_path / "evaluated")]) == 0
+    (a, _), (b, _) = (
+        ckpt.read_checkpoint(ckpt.list_checkpoints(tmp_path / name / "checkpoints")[-1])
+        for name in ("plain", "evaluated")
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -115,7 +115,7 @@ class Trainer(TrainingState, PeriodicWork):
             )
         if self.cfg.train.eval_every and self.dist.is_main:
             self.evaluator = PeriodicEvaluator(
-                self.cfg, self.images, held_rows, self.device, warn=self.reporter.warn
+                self.cfg, self.images, held_rows, self.device, warn=self.reporter.warn, train_rows=train_rows
             )
         self.feeder = BatchFeeder(
             self.images.images,

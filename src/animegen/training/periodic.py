@@ -65,7 +65,9 @@ class PeriodicWork:
         started = time.perf_counter()
         if self.evaluator is not None:
             it = self.pos.iteration
-            result = self.evaluator(self._sampling_net(), it)
+            # D's scores on real faces need every rank's BatchNorm when it is synchronised.
+            d = None if self.dist.enabled and self.cfg.train.sync_bn else distributed.unwrap(self.netD)
+            result = self.evaluator(self._sampling_net(), it, d)
             if result is not None:
                 wall = round(self.wall_offset + time.perf_counter() - self._t_start, 3)
                 self._log(
