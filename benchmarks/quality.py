@@ -313,7 +313,8 @@ def plot_curves(results: list[dict[str, Any]], out: Path) -> None:
     axes[2].set(xlabel="images seen", ylabel="held-out FID", title="FID at scored checkpoints")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # --marks scores no FID curve
+            ax.legend(fontsize=8)
     fig.suptitle(f"{results[0]['size']} px" + ("" if n_swd else " (no curves)"))
     fig.tight_layout()
     fig.savefig(out, dpi=90)
