@@ -1,5 +1,6 @@
-"""Checks shared by the reliability tests: checkpoint weights compared bit for bit, every
-checkpoint in a folder readable, and an error that is one line."""
+"""Checks shared by the reliability tests: checkpoint weights compared bit for bit, a run against
+the same run stopped and resumed, every checkpoint in a folder readable, and an error that is one
+line."""
 
 from __future__ import annotations
 
@@ -22,6 +23,27 @@ def assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> 
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+def final_checkpoint(run: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """All tensors and the metadata of a run's newest good checkpoint."""
+    path, _ = ckpt.latest_good_checkpoint(run / "checkpoints")
+    return ckpt.read_checkpoint(path)
+
+
+def uninterrupted_and_resumed(common: list[str], tmp_path: Path, epochs: int = 2, stop: int = 3):
+    """`animegen train *common` run whole, and stopped after `stop` steps then resumed: both final
+    checkpoints, (tensors, meta) each."""
+    from animegen.cli import main
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert main(["train", *common, "--epochs", str(epochs), "--run-dir", str(full)]) == 0
+    assert (
+        main(["train", *common, "--epochs", str(epochs), "--max-steps", str(stop), "--run-dir", str(part)])
+        == 0
+    )
+    assert main(["train", "--resume", str(part), "--set", "train.max_steps=none", "--quiet"]) == 0
+    return final_checkpoint(full), final_checkpoint(part)
 
 
 def one_line(err: str) -> str:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from checkpoint_checks import uninterrupted_and_resumed
 from conftest import TINY
 
-from animegen import checkpoint_format as ckpt
 from animegen.choices import SUPPORTED_SIZES
 from animegen.cli import main
 from animegen.config import Config, ModelConfig, build_config
@@ -65,11 +65,6 @@ def test_training_steps_teach_the_decoder_to_redraw_real_images():
     assert after < 0.5 * before, (before, after)
 
 
-def _weights(run):
-    path, _ = ckpt.latest_good_checkpoint(run / "checkpoints")
-    return ckpt.read_checkpoint(path)
-
-
 def test_modern_has_the_decoder_and_a_run_saved_before_the_key_resumes_without_one():
     assert build_config("modern").model.d_recon and not build_config("demo").model.d_recon
     saved = build_config("modern").to_dict()
@@ -84,11 +79,8 @@ def test_modern_has_the_decoder_and_a_run_saved_before_the_key_resumes_without_o
 
 def test_a_modern_run_checkpoints_the_decoder_and_resumes_bit_identically(image_folder, tmp_path):
     common = ["--data", str(image_folder), "--seed", "2", "--preset", "modern", *TINY]
-    full, part = tmp_path / "full", tmp_path / "part"
-    assert main(["train", *common, "--epochs", "2", "--run-dir", str(full)]) == 0
-    assert main(["train", *common, "--epochs", "2", "--max-steps", "3", "--run-dir", str(part)]) == 0
-    assert main(["train", "--resume", str(part), "--set", "train.max_steps=none", "--quiet"]) == 0
-    (a, meta), (b, _) = _weights(full), _weights(part)
+    (a, meta), (b, _) = uninterrupted_and_resumed(common, tmp_path)
+    full = tmp_path / "full"
     assert meta["config"]["model"]["d_recon"] is True
     assert any(k.startswith("D.decoder.") for k in a)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -11,9 +11,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from checkpoint_checks import final_checkpoint, uninterrupted_and_resumed
 from conftest import TINY
 
-from animegen import checkpoint_format as ckpt
 from animegen.cli import main
 from animegen.config import ModelConfig, build_config
 from animegen.errors import UserError
@@ -118,18 +118,10 @@ def test_backbone_options_are_checked():
         build_config("projected", sets=["model.d_input=8"])
 
 
-def _weights(run):
-    path, _ = ckpt.latest_good_checkpoint(run / "checkpoints")
-    return ckpt.read_checkpoint(path)
-
-
 def test_projected_run_resumes_bit_identically_and_samples(image_folder, tmp_path):
     common = ["--data", str(image_folder), "--seed", "1", "--preset", "projected", *SMALL]
-    full, part = tmp_path / "full", tmp_path / "part"
-    assert main(["train", *common, "--epochs", "2", "--run-dir", str(full)]) == 0
-    assert main(["train", *common, "--epochs", "2", "--max-steps", "3", "--run-dir", str(part)]) == 0
-    assert main(["train", "--resume", str(part), "--set", "train.max_steps=none", "--quiet"]) == 0
-    (a, meta), (b, _) = _weights(full), _weights(part)
+    (a, meta), (b, _) = uninterrupted_and_resumed(common, tmp_path)
+    full = tmp_path / "full"
     assert meta["config"]["model"]["d_backbone"] == "efficientnet_lite0"
     assert any(k.startswith("D.project.") for k in a) and not any("conv_stem" in k for k in a)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -154,6 +146,6 @@ def test_projected_trains_under_torchrun(image_folder, tmp_path):
         timeout=300,
     )
     assert out.returncode == 0, out.stderr[:3000] + "\n...\n" + out.stderr[-1000:]
-    tensors, meta = _weights(run)
+    tensors, meta = final_checkpoint(run)
     assert meta["iteration"] == 2
     assert all(torch.isfinite(v).all() for k, v in tensors.items() if k.startswith("D.heads."))
