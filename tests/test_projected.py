@@ -4,6 +4,7 @@ trains, resumes bit-identically, runs under torchrun, and its runs generate and 
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import os
 import subprocess
 import sys
@@ -132,6 +133,13 @@ def test_projected_run_resumes_bit_identically_and_samples(image_folder, tmp_pat
     args = ["evaluate", str(full), "--data", str(image_folder), "--n", "8", "--metrics", "swd,fd_ssl"]
     assert main([*args, "--json", str(out), "--quiet"]) == 0
     assert np.isfinite(__import__("json").loads(out.read_text())["fd_ssl"])
+    # Export and serve need only G, which is modern's: no backbone, no extra.
+    if importlib.util.find_spec("onnx") and importlib.util.find_spec("onnxruntime"):
+        assert main(["export", str(full), "--onnx", str(tmp_path / "g.onnx")]) == 0
+    if importlib.util.find_spec("fastapi"):
+        from animegen import load_generator, serve
+
+        assert serve.create_app(load_generator(full)).state.info["image_size"] == 16
 
 
 def test_projected_trains_under_torchrun(image_folder, tmp_path):
