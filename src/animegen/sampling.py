@@ -64,7 +64,7 @@ def sample_images(net: nn.Module, noise: torch.Tensor, bn_mode: str = DEFAULT_BN
 
 def check_truncation(truncation: float | None) -> None:
     if truncation is not None and not (truncation > 0 and math.isfinite(truncation)):
-        raise UserError(f"truncation must be a positive number (e.g. 1.0), not {truncation}")
+        raise UserError(f"truncation must be a positive number (e.g. 2.0), not {truncation}")
 
 
 def truncated_normal(shape: tuple[int, ...], truncation: float, generator: torch.Generator) -> torch.Tensor:
@@ -110,8 +110,8 @@ class Sampler:
     ) -> Iterator[torch.Tensor]:
         """uint8 batches (<= CHUNK, 3, S, S) totalling n faces; memory stays bounded for any n.
 
-        `truncation` (e.g. 1.0): latents from N(0, 1) cut at +-truncation, which trades variety for
-        typical, cleaner faces (docs/quality.md measures it); None draws plain N(0, 1).
+        `truncation` (e.g. 2.0): latents from N(0, 1) cut at +-truncation, a little variety for
+        slightly cleaner faces; low values wash faces out (docs/quality.md); None draws plain N(0, 1).
         """
         check_truncation(truncation)
         for c in range(math.ceil(n / CHUNK)):

@@ -30,8 +30,8 @@ def _add_truncation_flag(p: argparse.ArgumentParser) -> None:
         "--truncation",
         type=float,
         metavar="T",
-        help="draw latents from N(0, 1) cut at +-T: lower T, more typical faces and less variety "
-        "(e.g. 1.0; default: no truncation)",
+        help="draw latents from N(0, 1) cut at +-T: 2 trades a little variety for slightly cleaner "
+        "faces, lower values wash them out (default: no truncation)",
     )
 
 
