@@ -158,9 +158,13 @@ def evaluate(
     if "fd_ssl" in metrics:
         say("FD-SSL (face-encoder features)")
         ruler = ruler or FaceFeatures(face_encoder_path, device)
-        real_t = torch.from_numpy(np.ascontiguousarray(real_images[idx]))
+        # The same real faces every periodic evaluation: their features are computed once per ruler.
+        key = hashlib.sha256(f"{data_key}|{idx.tobytes().hex()}".encode()).hexdigest()
+        if key not in ruler.real_cache:
+            real_t = torch.from_numpy(np.ascontiguousarray(real_images[idx]))
+            ruler.real_cache[key] = face_features(real_t, extractor=ruler)
         result["fd_ssl"] = measures.fid_from_features(
-            face_features(real_t, extractor=ruler), face_features(fake, extractor=ruler)
+            ruler.real_cache[key], face_features(fake, extractor=ruler)
         )
         result["fd_ssl_encoder"] = ruler.id
     result["seconds"] = round(time.perf_counter() - started, 1)

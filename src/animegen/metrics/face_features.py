@@ -147,6 +147,7 @@ class FaceFeatures:
         self.id = hashlib.sha256(p.read_bytes()).hexdigest()[:12]
         self.encoder = encoder.to(self.device)
         self.dim = encoder.feature_dim
+        self.real_cache: dict[str, np.ndarray] = {}  # features of real face sets, by the caller's key
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:

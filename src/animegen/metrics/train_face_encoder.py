@@ -19,6 +19,7 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -117,7 +118,7 @@ def train(
     temperature: float = 0.2,
     seed: int = 0,
     bf16: bool = False,
-    log: callable = print,
+    log: Callable[[str], None] = print,
 ) -> tuple[FaceEncoder, dict]:
     """SimCLR on uint8 faces N x 3 x 64 x 64; returns the standardised encoder and a training record."""
     if images.shape[-1] != INPUT_SIZE:
