@@ -44,7 +44,7 @@ def test_version_and_module_entry():
         (["train", "--data", "/nonexistent/folder", "--quiet"], "/nonexistent/folder"),
         (["train", "--preset", "nope"], "unknown preset"),
         (["train", "--image-size", "100"], "image size 100"),
-        (["train", "--resume", "/nonexistent/run"], "not a run dir"),
+        (["train", "--resume", "/nonexistent/run"], "no such run dir"),
         (["generate", "/nonexistent.safetensors"], "no such file"),
         (["generate", "x", "-n", "0"], "-n must be"),
     ],

@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_generator"]
+__all__ = ["__version__", "load_generator", "train"]
 
 
 def __getattr__(name: str):
@@ -11,4 +11,8 @@ def __getattr__(name: str):
         from animegen.generate import load_generator
 
         return load_generator
+    if name == "train":
+        from animegen.training.session import train
+
+        return train
     raise AttributeError(name)

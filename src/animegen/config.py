@@ -94,6 +94,9 @@ class TrainConfig:
     # the clock, so runs that evaluate at different rates still get the same training time.
     max_minutes: float | None = None
     checkpoint_every: int = 0  # also checkpoint every N iterations; 0 = only at epoch ends
+    # Also checkpoint when this many minutes passed since the last checkpoint (0 = off): a kill
+    # without warning (SIGKILL, a lost machine) loses at most this much (docs/design-notes.md).
+    checkpoint_minutes: float = 10.0
     keep_checkpoints: int = 3
     log_every: int = 10  # iterations between log.jsonl rows (losses are read from the device this often)
     sample_count: int = 64
@@ -221,6 +224,10 @@ class Config:
                 )
         if not 0 <= self.data.holdout < 1:
             raise UserError(f"data.holdout must be in [0, 1), not {self.data.holdout}")
+        if not t.checkpoint_minutes >= 0:
+            raise UserError(
+                f"train.checkpoint_minutes must be 0 (off) or positive, not {t.checkpoint_minutes}"
+            )
         if t.max_minutes is not None and not t.max_minutes > 0:
             raise UserError(f"train.max_minutes must be positive, not {t.max_minutes}")
         if t.eval_every < 0 or t.eval_n < 0:

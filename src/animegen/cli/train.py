@@ -4,25 +4,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
-from animegen.cli.common import EXIT_INTERRUPTED, _add_device_flag
+from animegen.cli.common import _add_device_flag
 from animegen.config import AMP_MODES, COMPILE_MODES, PRESETS
 from animegen.errors import UserError
-
-# Saved settings that shape the networks: a resumed run cannot change them.
-ARCH_KEYS = (
-    "arch",
-    "image_size",
-    "z_dim",
-    "width",
-    "d_first_bn",
-    "d_norm",
-    "d_recon",
-    "d_backbone",
-    "d_input",
-    "d_pixel",
-)
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
@@ -88,6 +73,12 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--checkpoint-every", type=int, metavar="N", help="also checkpoint every N iterations")
     p.add_argument(
+        "--checkpoint-minutes",
+        type=float,
+        metavar="M",
+        help="also checkpoint when M minutes passed since the last checkpoint (default 10; 0: off)",
+    )
+    p.add_argument(
         "--workers", type=int, metavar="N", help="decode threads for the first pass over the folder"
     )
     p.add_argument(
@@ -96,6 +87,13 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", metavar="DIR", help="default: runs/<name>, numbered if it exists")
     p.add_argument("--name", help="run name (default: the preset's)")
     p.add_argument("--nproc", type=int, metavar="N", help="train with N processes under torchrun (DDP)")
+    p.add_argument(
+        "--max-restarts",
+        type=int,
+        metavar="N",
+        help="with --nproc: when a process fails, restart them all from the newest checkpoint, "
+        "up to N times (torchrun's --max-restarts)",
+    )
     p.add_argument(
         "--sync-bn",
         action=argparse.BooleanOptionalAction,
@@ -130,6 +128,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
         "train.max_steps": args.max_steps,
         "train.max_minutes": args.max_minutes,
         "train.checkpoint_every": args.checkpoint_every,
+        "train.checkpoint_minutes": args.checkpoint_minutes,
         "train.sync_bn": args.sync_bn,
         "train.tensorboard": args.tensorboard,
         "model.image_size": args.image_size,
@@ -137,24 +136,15 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
-def _free_run_dir(name: str) -> Path:
-    base = Path("runs") / name
-    if not base.exists() or not any(base.iterdir()):
-        return base
-    i = 2
-    while (Path("runs") / f"{name}-{i}").exists():
-        i += 1
-    return Path("runs") / f"{name}-{i}"
-
-
 def _without_nproc(argv: list[str]) -> list[str]:
+    """argv less the launcher's own flags (--nproc N, --max-restarts N)."""
     out, skip = [], False
     for a in argv:
         if skip:
             skip = False
-        elif a == "--nproc":
+        elif a in ("--nproc", "--max-restarts"):
             skip = True
-        elif not a.startswith("--nproc="):
+        elif not a.startswith(("--nproc=", "--max-restarts=")):
             out.append(a)
     return out
 
@@ -163,8 +153,15 @@ def _train(args: argparse.Namespace, demo: bool = False) -> int:
     from animegen.training import distributed
 
     info = distributed.from_env()
+    if args.max_restarts and not (args.nproc and args.nproc > 1):
+        raise UserError("--max-restarts restarts the processes of --nproc N (N >= 2)")
     if args.nproc and args.nproc > 1 and not info.enabled:
-        return distributed.launch(args.nproc, _without_nproc(args.argv))
+        argv = _without_nproc(args.argv)
+        if args.max_restarts and getattr(args, "resume", None) is None:
+            if not args.run_dir:
+                raise UserError("--max-restarts needs --run-dir: a restarted process continues the run there")
+            argv.append("--resume")  # a restarted process continues the run rather than refusing its dir
+        return distributed.launch(args.nproc, argv, max_restarts=args.max_restarts or 0)
     try:
         code = _train_process(args, demo, info)
         # Without it a rank that finishes first tears gloo down under the other, whose gloo
@@ -176,73 +173,36 @@ def _train(args: argparse.Namespace, demo: bool = False) -> int:
 
 
 def _train_process(args: argparse.Namespace, demo: bool, info) -> int:
-    from animegen import checkpoint_format as ckpt
-    from animegen.config import Config, build_config, set_value
     from animegen.training.loop import Trainer, TrainingInterrupted
     from animegen.training.progress import Reporter
+    from animegen.training.session import TrainRequest, plan_run
 
     # Only rank 0 talks; the others would repeat every line.
     reporter = Reporter(quiet=args.quiet or not info.is_main)
-    resume_path = None
-    if getattr(args, "resume", None) is not None:
-        run_dir = Path(args.resume if args.resume != "" else (args.run_dir or ""))
-        if not str(run_dir):
-            raise UserError("--resume needs a run dir: --resume RUN_DIR (or --run-dir RUN_DIR --resume)")
-        if run_dir.is_file():
-            resume_path, run_dir = run_dir, run_dir.parent.parent
-        else:
-            if not (run_dir / "checkpoints").is_dir():
-                raise UserError(f"{run_dir}: not a run dir (no checkpoints/ folder)")
-            resume_path, notes = ckpt.latest_good_checkpoint(run_dir / "checkpoints")
-            for note in notes:
-                reporter.warn(f"skipping damaged checkpoint: {note}")
-        _, meta = ckpt.read_checkpoint(resume_path)
-        cfg = Config.from_dict(meta.get("config", {}))
-        for item in args.set:
-            from animegen.config_values import parse_override
-
-            key, value = parse_override(item)
-            set_value(cfg, key, value, "--set")
-        for key, value in _overrides(args).items():
-            if value is not None:
-                set_value(cfg, key, value, "command line")
-        cfg.validate()
-        saved = meta.get("config", {}).get("model", {})
-        for key in ARCH_KEYS:
-            if key in saved and saved[key] != getattr(cfg.model, key):
-                raise UserError(
-                    f"{resume_path}: trained with model.{key}={saved[key]!r}, cannot resume with "
-                    f"model.{key}={getattr(cfg.model, key)!r} (a run keeps its architecture; "
-                    "drop that flag or start a new --run-dir)"
-                )
-    else:
-        cfg = build_config(args.preset or ("demo" if demo else None), args.config, _overrides(args), args.set)
-        if args.name is None and cfg.run.name == "run":
-            cfg.run.name = cfg.preset
-        if args.run_dir:
-            run_dir = Path(args.run_dir)
-            if info.is_main and ckpt.list_checkpoints(run_dir / "checkpoints"):
-                raise UserError(
-                    f"{run_dir}: already holds a run; continue it with --resume {run_dir}, "
-                    "or choose another --run-dir"
-                )
-        elif info.enabled:
-            raise UserError("multi-process runs need an explicit --run-dir (every process must agree on it)")
-        else:
-            run_dir = _free_run_dir(cfg.run.name)
-        if cfg.data.path is None and not demo:
-            reporter.info(
-                "no --data given: training on the built-in procedural demo faces "
-                f"({cfg.data.demo_count:,} images); pass --data DIR to use your own folder"
-            )
-    cfg.run.run_dir = str(run_dir)
-    trainer = Trainer(cfg, run_dir, reporter, resume_from=resume_path)
+    resume = getattr(args, "resume", None)
+    request = TrainRequest(
+        preset=args.preset,
+        config_file=args.config,
+        overrides=_overrides(args),
+        sets=args.set,
+        run_dir=args.run_dir,
+        # `--resume` alone (with --run-dir) starts the run there if there is none, else continues it
+        resume=False if resume is None else (True if resume == "" else resume),
+        demo=demo,
+    )
+    plan = plan_run(request, info, warn=reporter.warn)
+    for note in plan.notes:
+        reporter.info(note)
+    cfg, run_dir = plan.cfg, plan.run_dir
+    trainer = Trainer(cfg, run_dir, reporter, resume_from=plan.resume_from)
     started = time.perf_counter()
     trainer.prepare()
     try:
         result = trainer.run()
-    except TrainingInterrupted:
-        return EXIT_INTERRUPTED
+    except TrainingInterrupted as stopped:
+        # 128 + the signal's number, as a shell reports a process the signal ended: 130 for
+        # Ctrl-C, 143 for SIGTERM, 138 for SIGUSR1; a job script can requeue on it.
+        return 128 + stopped.signum
     elapsed = time.perf_counter() - started
     if not info.is_main:
         return 0

@@ -7,10 +7,13 @@ one. `--batch-size` stays the global batch: each of N processes trains on batch/
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -136,8 +139,17 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
     return module
 
 
-def launch(nproc: int, argv: list[str]) -> int:
-    """Re-run this command under torchrun with `nproc` processes on this machine."""
+def launch(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
+    """Re-run this command under torchrun with `nproc` processes on this machine.
+
+    With `max_restarts`, torchrun restarts every process when one fails, up to that many times; the
+    command must then continue the run (--resume), which the caller sees to.
+
+    SIGINT, SIGTERM and SIGUSR1 sent to this process go to the training processes, which checkpoint
+    and stop, and torchrun is told to end (not to restart them); the return value is then 128 + the
+    signal's number, as for one process. torchrun ignores a SIGUSR1 sent to it directly (Slurm's
+    warning before preemption goes to every process), which would otherwise end it at once.
+    """
     if nproc < 1:
         raise UserError("--nproc must be at least 1")
     cmd = [
@@ -146,6 +158,7 @@ def launch(nproc: int, argv: list[str]) -> int:
         "torch.distributed.run",
         "--standalone",
         f"--nproc_per_node={nproc}",
+        f"--max-restarts={max_restarts}",
         "-m",
         "animegen",
         *argv,
@@ -153,4 +166,52 @@ def launch(nproc: int, argv: list[str]) -> int:
     env = dict(os.environ)
     # Each process gets its share of the cores unless the user chose otherwise.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    return subprocess.call(cmd, env=env)
+    forwarded: list[int] = []
+    usr1 = getattr(signal, "SIGUSR1", None)
+
+    def ignore_usr1() -> None:  # in torchrun, before it starts: its children install their own handler
+        if usr1 is not None:
+            signal.signal(usr1, signal.SIG_IGN)
+
+    posix = os.name == "posix"
+    # Its own session: a Ctrl-C at the terminal reaches the training processes once, through
+    # `forward`, not also directly (a second SIGINT stops them at once, without a checkpoint).
+    agent = subprocess.Popen(cmd, env=env, preexec_fn=ignore_usr1 if posix else None, start_new_session=posix)
+
+    def forward(signum, frame):
+        forwarded.append(signum)
+        for pid in _children(agent.pid):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signum)
+        if len(forwarded) == 1:
+            # torchrun then waits for them (up to 30 s, their checkpoint) rather than restarting them
+            # under --max-restarts; it sends them a SIGTERM too, which is the same request.
+            with contextlib.suppress(OSError):
+                os.kill(agent.pid, signal.SIGTERM)
+
+    stop = [s for s in (signal.SIGINT, signal.SIGTERM, usr1) if s is not None]
+    previous = {s: signal.signal(s, forward) for s in stop}
+    try:
+        while True:
+            try:
+                code = agent.wait()
+                break
+            except InterruptedError:
+                continue
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 128 + forwarded[0] if forwarded else code
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc; empty elsewhere)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:  # the field after the state: the parent's pid
+            found.append(int(stat.parent.name))
+    return found

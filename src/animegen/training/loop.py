@@ -7,6 +7,7 @@ steps (samples, evaluations, time budget, health, signals) training/periodic.py.
 from __future__ import annotations
 
 import contextlib
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from animegen.training.monitor import Monitor
 from animegen.training.periodic import PeriodicWork, RolledBack
 from animegen.training.progress import Reporter
 from animegen.training.run import build_run, check_run_dir, current_rss_mb, fixed_noise, load_data
+from animegen.training.session import RunLock, remove_temp_files
 from animegen.training.state import Position, TrainingState
 from animegen.training.step import train_step
 
@@ -45,7 +47,10 @@ class Trainer(TrainingState, PeriodicWork):
         self.log_path = self.run_dir / "log.jsonl"
         self.pos = Position()
         self.wall_offset = 0.0
-        self._interrupted = False
+        self._interrupted = False  # stopping on a signal, agreed by every rank
+        self._stop_signal: int | None = None  # the first stop signal this process received
+        self._last_checkpoint_at = time.perf_counter()
+        self.lock = RunLock(self.run_dir)
         self._t_start = time.perf_counter()
         self.parts = run = build_run(cfg, self.device, self.dist, info=reporter.info)
         # The DDP (or compiled) wrappers train; the bare modules are what checkpoints and samples see.
@@ -96,13 +101,28 @@ class Trainer(TrainingState, PeriodicWork):
 
     def prepare(self) -> None:
         made: list[Path] = []
+        # Every rank has decided what to train (training/session.py) before rank 0 writes anything.
+        distributed.barrier(self.dist)
         try:
             if self.dist.is_main:
                 check_run_dir(self.run_dir, (self.ckpt_dir, self.samples_dir), self.parts, made)
+                self.lock.acquire()
+                removed = remove_temp_files(self.run_dir)
+                if removed:
+                    self.reporter.info(f"removed {removed} temp file(s) that a killed write left behind")
+                # Written before the images are decoded: a run killed while decoding restarts from it.
+                (self.run_dir / "config.json").write_text(self.cfg.to_json() + "\n")
+                if self.resume_from is None:  # rows from an attempt that never checkpointed
+                    self._truncate_log(0)
             self.images, train_rows, held_rows = load_data(self.cfg, self.dist, self.reporter)
         except BaseException:
+            self.lock.release()
             # A run that never started (no such folder, no usable image, Ctrl-C while decoding)
-            # leaves no empty run dir behind, which the next run would skip to runs/<name>-2.
+            # leaves no run dir behind, which the next run would skip to runs/<name>-2.
+            if self.run_dir in made:
+                for name in ("config.json", ".lock"):
+                    with contextlib.suppress(OSError):
+                        (self.run_dir / name).unlink()
             for d in reversed(made):
                 with contextlib.suppress(OSError):
                     d.rmdir()
@@ -131,14 +151,20 @@ class Trainer(TrainingState, PeriodicWork):
         if self.resume_from is not None:
             self._restore(self.resume_from)
         if self.dist.is_main:
-            (self.run_dir / "config.json").write_text(self.cfg.to_json() + "\n")
             self.reporter.info(self.describe_setup())
 
     def describe_setup(self) -> str:
         return self.parts.speed.describe(self.cfg.train.batch_size, self.netG, self.feeder.resident)
 
     def run(self) -> dict[str, Any]:
+        try:
+            return self._run()
+        finally:
+            self.lock.release()
+
+    def _run(self) -> dict[str, Any]:
         self._t_start = time.perf_counter()
+        self._last_checkpoint_at = self._t_start
         t = self.cfg.train
         total_epochs = t.epochs
         steps = len(self.feeder)
@@ -147,7 +173,7 @@ class Trainer(TrainingState, PeriodicWork):
         summary: dict[str, Any] = {}
         start_iteration = self.pos.iteration
         if start_iteration:  # a resumed run may have used its time budget already
-            self._check_time_budget()
+            self._agree_at_sync_point()
         with self._stop_signals():
             while (
                 self.pos.epoch < total_epochs
@@ -189,7 +215,7 @@ class Trainer(TrainingState, PeriodicWork):
             self.reporter.info(
                 f"interrupted: saved {last_ckpt}; continue with: animegen train --resume {self.run_dir}"
             )
-            raise TrainingInterrupted(str(last_ckpt))
+            raise TrainingInterrupted(str(last_ckpt), self._stop_signal or signal.SIGINT)
         return {"checkpoint": last_ckpt, "position": self.pos, **summary}
 
     def _run_epoch(self, total_epochs: int, total_iters: int) -> dict[str, Any]:
@@ -277,7 +303,9 @@ class Trainer(TrainingState, PeriodicWork):
                     )
                     stats_sum.zero_()
                     stats_n = 0
-                    self._check_time_budget()
+                    checkpoint_due = self._agree_at_sync_point()
+                    if checkpoint_due and self.pos.step < steps:  # an epoch's end checkpoints anyway
+                        self.save_checkpoint()
                 bar.advance(last)
                 if t.eval_every and self.pos.iteration % t.eval_every == 0:
                     self.evaluate_now()
@@ -287,6 +315,8 @@ class Trainer(TrainingState, PeriodicWork):
                     and self.pos.step < steps
                 ):
                     self.save_checkpoint()
+                if self._stop_signal is not None and not self.dist.enabled:
+                    self._interrupted = True  # one process: no other rank to agree with, stop now
                 if self.pos.iteration >= total_iters or self._interrupted or self._time_up:
                     break
         if epoch_n:
@@ -298,3 +328,7 @@ class Trainer(TrainingState, PeriodicWork):
 
 class TrainingInterrupted(Exception):
     """Training stopped on a signal after saving a checkpoint (its path is the message)."""
+
+    def __init__(self, checkpoint: str, signum: int = signal.SIGINT):
+        super().__init__(checkpoint)
+        self.signum = int(signum)

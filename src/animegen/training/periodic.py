@@ -104,17 +104,28 @@ class PeriodicWork:
         """Wall time of this run so far, over all resumes, less held-out evaluation time."""
         return self.wall_offset + (time.perf_counter() - self._t_start) - self.eval_seconds
 
-    def _check_time_budget(self) -> None:
-        limit = self.cfg.train.max_minutes
-        if limit is None or self._time_up:
-            return
-        # Every rank must stop at the same iteration: decide on the ranks' mean clock.
-        clock = torch.tensor([self.train_seconds()], dtype=torch.float64)
+    def _agree_at_sync_point(self) -> bool:
+        """At a log row: stop for the time budget or a signal, and whether a checkpoint is due by
+        train.checkpoint_minutes; every rank decides alike, on the ranks' mean clocks and any rank's
+        signal, so all stop at the same iteration."""
+        now = time.perf_counter()
+        readings = torch.tensor(
+            [self.train_seconds(), float(self._stop_signal is not None), now - self._last_checkpoint_at],
+            dtype=torch.float64,
+        )
         if self.dist.enabled:
-            clock = distributed.all_mean(clock.to(self.device), self.dist).cpu()
-        if clock.item() >= limit * 60:
+            readings = distributed.all_mean(readings.to(self.device), self.dist).cpu()
+        clock, stop, since_checkpoint = readings.tolist()
+        limit = self.cfg.train.max_minutes
+        if limit is not None and not self._time_up and clock >= limit * 60:
             self._time_up = True
             self.reporter.info(f"time budget of {limit:g} min reached at iteration {self.pos.iteration}")
+        if stop > 0 and not self._interrupted:
+            self._interrupted = True
+            if self._stop_signal is None:
+                self.reporter.info("another process was signalled: checkpointing, then stopping")
+        every = self.cfg.train.checkpoint_minutes
+        return bool(every) and since_checkpoint >= every * 60
 
     def _report_health(self, event: HealthEvent) -> None:
         self.reporter.warn(event.message)
@@ -171,19 +182,22 @@ class PeriodicWork:
 
     @contextlib.contextmanager
     def _stop_signals(self):
-        """Ctrl-C or SIGTERM: finish the step, checkpoint, stop. A second Ctrl-C stops at once."""
+        """SIGINT (Ctrl-C), SIGTERM (kill, Kubernetes, torchrun) or SIGUSR1 (Slurm's warning before
+        preemption): finish the step, checkpoint, stop. A second Ctrl-C stops at once, unsaved."""
 
         def first(signum, frame):
-            if self._interrupted and signum == signal.SIGINT:
+            if self._stop_signal is not None and signum == signal.SIGINT:
                 raise KeyboardInterrupt
-            self._interrupted = True
-            self.reporter.info(
-                "stopping after this step (Ctrl-C again to stop at once, without a checkpoint)"
-            )
+            if self._stop_signal is None:
+                self._stop_signal = signum
+                self.reporter.info(
+                    f"{signal.Signals(signum).name}: stopping after this step with a checkpoint "
+                    "(Ctrl-C again to stop at once, without one)"
+                )
 
         previous = {}
         try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in STOP_SIGNALS:
                 previous[sig] = signal.signal(sig, first)
         except ValueError:  # not the main thread: leave signals alone
             pass
@@ -192,3 +206,9 @@ class PeriodicWork:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+# SIGUSR1 does not exist on Windows.
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name)
+)

@@ -70,6 +70,7 @@ class TrainingState:
         path = self.ckpt_dir / ckpt.checkpoint_name(self._epochs_done(), self.pos.iteration)
         if not self.dist.is_main:
             # Only rank 0 writes; packing here would also rebuild and calibrate an EMA copy for nothing.
+            self._last_checkpoint_at = time.perf_counter()
             return path
         tensors, meta = self.state()
         try:
@@ -79,6 +80,7 @@ class TrainingState:
             previous = f"; the previous checkpoint {kept[-1].name} is intact" if kept else ""
             raise UserError(f"{path}: checkpoint write failed ({e.strerror or e}){previous}") from None
         ckpt.prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_checkpoints)
+        self._last_checkpoint_at = time.perf_counter()
         return path
 
     def _restore(self, path: Path) -> None:
