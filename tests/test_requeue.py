@@ -21,7 +21,7 @@ from animegen import checkpoint_format as ckpt
 from animegen.cli import main
 from animegen.config import build_config
 from animegen.errors import UserError
-from animegen.training.session import RunLock
+from animegen.training.run_lock import RunLock
 
 LOUD = [a for a in TINY if a != "--quiet"]
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from animegen import checkpoint_format as ckpt
 from animegen.config import Config
 from animegen.data.batches import BatchFeeder
 from animegen.data.cache import ImageSet
@@ -28,7 +29,7 @@ from animegen.training.monitor import Monitor
 from animegen.training.periodic import PeriodicWork, RolledBack
 from animegen.training.progress import Reporter
 from animegen.training.run import build_run, check_run_dir, current_rss_mb, fixed_noise, load_data
-from animegen.training.session import RunLock, remove_temp_files
+from animegen.training.run_lock import RunLock, remove_temp_files
 from animegen.training.state import Position, TrainingState
 from animegen.training.step import train_step
 
@@ -111,7 +112,7 @@ class Trainer(TrainingState, PeriodicWork):
                 if removed:
                     self.reporter.info(f"removed {removed} temp file(s) that a killed write left behind")
                 # Written before the images are decoded: a run killed while decoding restarts from it.
-                (self.run_dir / "config.json").write_text(self.cfg.to_json() + "\n")
+                ckpt.write_atomic(self.run_dir / "config.json", (self.cfg.to_json() + "\n").encode())
                 if self.resume_from is None:  # rows from an attempt that never checkpointed
                     self._truncate_log(0)
             self.images, train_rows, held_rows = load_data(self.cfg, self.dist, self.reporter)

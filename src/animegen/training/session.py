@@ -14,9 +14,6 @@ in FROZEN, which would make the checkpoint's weights or its held-out evaluation 
 from __future__ import annotations
 
 import json
-import os
-import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +24,7 @@ from animegen.config import Config, apply_mapping, build_config, set_value
 from animegen.config_values import parse_override, read_config_file
 from animegen.errors import UserError
 from animegen.training import distributed
+from animegen.training.run_lock import is_temp_file
 
 # Saved settings a continued run keeps, and why. The architecture: the checkpoint's weights fit only
 # it. The held-out fraction: a new split would evaluate on faces the run has trained on.
@@ -51,7 +49,6 @@ FROZEN = {
 
 # What a run dir may hold besides config.json and checkpoints/ and still be a run (or a run's start).
 RUN_FILES = {"checkpoints", "samples", "log.jsonl", "loss.png", "tensorboard", ".lock"}
-TEMP_RE = re.compile(r"^\..+\.tmp\d+$")  # checkpoint_format.write_atomic's temp names
 
 
 @dataclass
@@ -104,7 +101,10 @@ def look_at(run_dir: Path) -> RunDirContents:
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: is a file, not a run dir")
     config_path = run_dir / "config.json"
-    if config_path.exists():
+    if ckpt.list_checkpoints(run_dir / "checkpoints"):
+        # A checkpoint carries its config: config.json is only read for a run without one yet.
+        found.checkpoint, found.skipped = ckpt.latest_good_checkpoint(run_dir / "checkpoints")
+    elif config_path.exists():
         try:
             data = json.loads(config_path.read_text())
             Config.from_dict(data)
@@ -112,21 +112,16 @@ def look_at(run_dir: Path) -> RunDirContents:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"{config_path}: not an animegen run's config ({first})") from None
         found.config = data
-    elif ckpt.list_checkpoints(run_dir / "checkpoints") == []:
-        strangers = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_FILES and not _temp(p))
+    else:
+        strangers = sorted(
+            p.name for p in run_dir.iterdir() if p.name not in RUN_FILES and not is_temp_file(p)
+        )
         if strangers:
             raise UserError(
                 f"{run_dir}: holds files that are not an animegen run ({strangers[0]}, ...); "
                 "choose an empty or new --run-dir"
             )
-    if ckpt.list_checkpoints(run_dir / "checkpoints"):
-        found.checkpoint, found.skipped = ckpt.latest_good_checkpoint(run_dir / "checkpoints")
     return found
-
-
-def _temp(path: Path) -> bool:
-    """A temp file of checkpoint_format.write_atomic, left by a process killed mid-write."""
-    return TEMP_RE.match(path.name) is not None
 
 
 def plan_run(
@@ -295,67 +290,3 @@ def train(
     trainer = Trainer(plan.cfg, plan.run_dir, reporter, resume_from=plan.resume_from)
     trainer.prepare()
     return trainer.run()
-
-
-class RunLock:
-    """One training process at a time per run dir (rank 0's, under torchrun).
-
-    An flock: the kernel drops it when its process dies, SIGKILL included, so a requeued job never
-    meets a stale lock, while a second job started on a run that still trains is refused.
-    """
-
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / ".lock"
-        self._fh: Any = None
-
-    def acquire(self, wait_s: float = 2.0) -> None:
-        try:
-            import fcntl
-        except ImportError:  # Windows: no flock; a second job there is the user's to avoid
-            return
-        fh = open(self.path, "a+")  # noqa: SIM115 - held open for the run's life
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() < deadline:
-                    time.sleep(0.1)
-                    continue
-                fh.seek(0)
-                holder = fh.read().strip() or "?"
-                fh.close()
-                raise UserError(
-                    f"{self.path.parent}: another animegen process (pid {holder}) is training this run; "
-                    "stop it first or wait for it to end"
-                ) from None
-            except OSError:  # a file system without locks (some network mounts): train unlocked
-                fh.close()
-                return
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
-        self._fh = fh
-
-    def release(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-
-
-def remove_temp_files(run_dir: Path) -> int:
-    """Delete what writes cut short by a kill left behind (only while holding the RunLock)."""
-    removed = 0
-    for folder in (run_dir, run_dir / "checkpoints"):
-        if not folder.is_dir():
-            continue
-        for p in folder.iterdir():
-            if _temp(p) and p.is_file():
-                try:
-                    p.unlink()
-                    removed += 1
-                except OSError:
-                    pass
-    return removed
