@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,13 +55,29 @@ def init(info: DistInfo, device: torch.device) -> torch.device:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size)
+        # torchrun keeps one store across --max-restarts, and gloo's peers publish their addresses
+        # in it under the same keys every attempt: a restarted rank could read a dead peer's address
+        # and fail or hang. A prefix per attempt keeps each attempt's addresses apart.
+        store, _, _ = next(dist.rendezvous("env://", info.rank, info.world_size))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = dist.PrefixStore(f"animegen/attempt_{attempt}/", store)
+        dist.init_process_group(backend=backend, store=store, rank=info.rank, world_size=info.world_size)
     return device
 
 
 def shutdown() -> None:
+    """Leave the process group, after letting gloo's worker threads finish with their last work.
+
+    A worker frees a finished collective's tensors after the caller has seen it finish, and needs
+    the GIL to do so. A process that went straight on to exit held the GIL into interpreter
+    finalisation, where the worker can no longer take it and the process aborts ("terminate called
+    without an active exception", a finished rank exiting -6 in about 1 run in 8). Sleeping hands
+    the GIL over. The threads themselves outlive destroy_process_group once DDP has used the group.
+    """
     if dist.is_available() and dist.is_initialized():
+        time.sleep(0.25)
         dist.destroy_process_group()
+        time.sleep(0.25)
 
 
 def barrier(info: DistInfo) -> None:
