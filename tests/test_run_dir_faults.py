@@ -72,27 +72,33 @@ def test_full_disk_fails_before_training(image_folder, tmp_path, capsys, monkeyp
     assert not (run / "log.jsonl").exists()
 
 
-def test_checkpoint_write_failing_midway_keeps_the_previous(image_folder, tmp_path, capsys, monkeypatch):
-    """The disk fills while the 2nd checkpoint is written: exit 2, one line saying the write failed
-    and the previous checkpoint is intact; it still reads, the half-written temp file is ignored,
-    and --resume continues from it."""
+@pytest.mark.parametrize(
+    "errno, says", [(28, "No space left on device"), (30, "Read-only file system")], ids=["full", "read-only"]
+)
+def test_checkpoint_write_failing_midway_keeps_the_previous(
+    image_folder, tmp_path, capsys, monkeypatch, errno, says
+):
+    """The disk fills, or the file system turns read-only, while the 2nd checkpoint is written:
+    exit 2, one line saying the write failed and the previous checkpoint is intact; it still reads,
+    the half-written temp file is ignored, and --resume continues from it."""
     real = ckpt.write_atomic
     calls: list[Path] = []
 
-    def fill_up(path, data):
-        calls.append(Path(path))
-        if len(calls) == 2:  # leave what a write cut short by a full disk leaves, then fail
+    def fail_midway(path, data):
+        if Path(path).suffix == ".safetensors":
+            calls.append(Path(path))
+        if len(calls) == 2:  # leave what a write cut short leaves, then fail
             Path(path).with_name(f".{Path(path).name}.tmp{os.getpid()}").write_bytes(data[: len(data) // 2])
-            raise OSError(28, "No space left on device")
+            raise OSError(errno, says)
         real(path, data)
 
-    monkeypatch.setattr(ckpt, "write_atomic", fill_up)
+    monkeypatch.setattr(ckpt, "write_atomic", fail_midway)
     run = tmp_path / "run"
     argv = ["train", "--data", str(image_folder), "--epochs", "1", "--run-dir", str(run)]
     assert main([*argv, "--checkpoint-every", "1", *TINY]) == 2
     line = one_line(capsys.readouterr().err)
     first = run / "checkpoints" / "ckpt_e000_i00000001.safetensors"
-    assert "write failed" in line and "No space left on device" in line
+    assert "write failed" in line and says in line
     assert "intact" in line and first.name in line
     assert ckpt.list_checkpoints(run / "checkpoints") == [first]
     assert ckpt.latest_good_checkpoint(run / "checkpoints") == (first, [])
@@ -100,3 +106,28 @@ def test_checkpoint_write_failing_midway_keeps_the_previous(image_folder, tmp_pa
     monkeypatch.setattr(ckpt, "write_atomic", real)
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
     assert checkpoint_weights(ckpt.list_checkpoints(run / "checkpoints")[-1])[1]["iteration"] == 5
+
+
+def test_resuming_a_run_whose_dir_turned_read_only(image_folder, tmp_path, capsys, monkeypatch):
+    """A requeued job meets its run dir remounted read-only: exit 2 with one line naming the dir,
+    nothing in it changed, and its checkpoints still load (root ignores chmod, so the file system's
+    refusal is simulated where the run first writes)."""
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(image_folder), "--epochs", "1", "--run-dir", str(run), *TINY]
+    assert main(argv) == 0
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    real = Path.write_bytes
+
+    def read_only(self, data):
+        if self.parent == run or run in self.parents:
+            raise OSError(30, "Read-only file system")
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    capsys.readouterr()
+    assert main([*argv[: -len(TINY)], "--epochs", "2", "--resume", *TINY]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert str(run) in line and "not writable" in line and "Read-only file system" in line
+    monkeypatch.setattr(Path, "write_bytes", real)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert ckpt.latest_good_checkpoint(run / "checkpoints")[1] == []
