@@ -62,7 +62,6 @@ import torch  # noqa: E402
 from flops import train_flops  # noqa: E402
 from throughput_machine import (  # noqa: E402
     compute_dtype,
-    cpu_has_native_bf16,
     format_peaks,
     load1,
     machine_info,
@@ -73,6 +72,7 @@ from throughput_rows import CONFIGS, QUICK_CONFIGS, REFERENCE_BATCH, BenchConfig
 from throughput_runs import Result, median_result, run_animegen, run_reference  # noqa: E402
 
 from animegen.config import Config  # noqa: E402
+from animegen.training.step import cpu_has_native_bf16  # noqa: E402
 
 # ---- the table -----------------------------------------------------------------------------------
 

@@ -31,15 +31,6 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether the CPU multiplies bf16 in hardware; without it bf16 matmuls are emulated, far slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
-
-
 def load1() -> float:
     try:
         return os.getloadavg()[0]

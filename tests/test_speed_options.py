@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -16,10 +17,8 @@ from animegen.models import build_models
 from animegen.training.device import (
     SpeedPlan,
     compile_module,
-    make_optimizers,
     use_channels_last,
     use_cuda_graph,
-    use_cudnn_benchmark,
 )
 from animegen.training.ema import GeneratorEMA, calibrate_bn
 from animegen.training.step import cpu_has_native_bf16, make_loss, resolve_amp, train_step
@@ -103,12 +102,19 @@ def test_channels_last_is_left_to_inductor_on_cuda_only():
 def test_cudnn_autotuner_is_turned_on_for_cuda_runs_that_ask(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    o = OptimConfig()
+
+    def applied(t: TrainConfig, device: torch.device) -> bool:
+        # Without keeping freed memory: apply() would change glibc's settings for the whole session.
+        plan = dataclasses.replace(SpeedPlan.resolve(t, o, device), reuse_memory=False)
+        return plan.apply().cudnn_benchmark
+
     for mode in ("on", "auto"):
-        assert not use_cudnn_benchmark(TrainConfig(cudnn_benchmark=mode), cpu)
-    assert not use_cudnn_benchmark(TrainConfig(), cuda)
-    assert not use_cudnn_benchmark(TrainConfig(cudnn_benchmark="off"), cuda)
+        assert not applied(TrainConfig(cudnn_benchmark=mode), cpu)
+    assert not applied(TrainConfig(), cuda)
+    assert not applied(TrainConfig(cudnn_benchmark="off"), cuda)
     assert torch.backends.cudnn.benchmark is False
-    assert use_cudnn_benchmark(TrainConfig(cudnn_benchmark="auto"), cuda)
+    assert applied(TrainConfig(cudnn_benchmark="auto"), cuda)
     assert torch.backends.cudnn.benchmark is True
 
 
@@ -210,6 +216,11 @@ def test_fused_adam_matches_foreach_adam():
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
 
 
+def _adam(netG, netD, o: OptimConfig, t: TrainConfig, device: torch.device):
+    """Adam for G and D as a run's speed plan builds them."""
+    return SpeedPlan.resolve(t, o, device).optimizers(netG, netD, o)
+
+
 @pytest.mark.parametrize(
     ("mode", "device", "fused"),
     [
@@ -224,7 +235,7 @@ def test_fused_adam_setting_picks_the_kernel(mode: str, device: str, fused: bool
     """train.fused_adam decides the kernel; "auto" fuses wherever PyTorch has the kernel."""
     netG, netD, *_ = _setup()
     t = TrainConfig(fused_adam=mode)
-    for opt in make_optimizers(netG, netD, build_config("seed").optim, t, torch.device(device)):
+    for opt in _adam(netG, netD, build_config("seed").optim, t, torch.device(device)):
         assert bool(opt.param_groups[0]["fused"]) is fused
 
 
@@ -234,9 +245,9 @@ def test_fused_adam_mode_is_validated():
     netG, netD, *_ = _setup()
     optim, meta = build_config("seed").optim, torch.device("meta")
     with pytest.raises(UserError, match="no fused Adam on meta"):
-        make_optimizers(netG, netD, optim, TrainConfig(fused_adam="on"), meta)
+        _adam(netG, netD, optim, TrainConfig(fused_adam="on"), meta)
     # "auto" falls back to PyTorch's default loop there
-    for opt in make_optimizers(netG, netD, optim, TrainConfig(), meta):
+    for opt in _adam(netG, netD, optim, TrainConfig(), meta):
         assert not opt.param_groups[0]["fused"]
 
 

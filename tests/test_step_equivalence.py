@@ -21,7 +21,7 @@ from torch import nn
 
 from animegen.config import seed_preset
 from animegen.models import build_models
-from animegen.training.device import make_optimizers
+from animegen.training.device import SpeedPlan
 from animegen.training.step import LOSSES, train_step
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "seed_dcgan.py"
@@ -65,7 +65,8 @@ def ours(netG, netD, real, noise, fused_adam=None):
     cfg = seed_preset()
     if fused_adam is not None:
         cfg.train.fused_adam = fused_adam
-    optG, optD = make_optimizers(netG, netD, cfg.optim, cfg.train, torch.device("cpu"))
+    plan = SpeedPlan.resolve(cfg.train, cfg.optim, torch.device("cpu"))
+    optG, optD = plan.optimizers(netG, netD, cfg.optim)
     train_step(netG, netD, optG, optD, real, noise, LOSSES[cfg.optim.loss])
 
 

@@ -383,9 +383,19 @@ def build_config(
     """Preset, then file, then `--set` pairs, then explicit flags: later wins."""
     file_data = read_config_file(config_file) if config_file else {}
     name = preset_name or file_data.get("preset") or "default"
-    cfg = preset(str(name))
-    source = str(config_file) if config_file else "config"
-    apply_mapping(cfg, {k: v for k, v in file_data.items() if k != "preset"}, source)
+    return apply_changes(preset(str(name)), file_data, str(config_file or "config"), sets, overrides)
+
+
+def apply_changes(
+    cfg: Config,
+    file_data: dict[str, Any],
+    file_source: str,
+    sets: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Config:
+    """Lay a config file's values, then `--set` pairs, then explicit flags (None: not given) over
+    `cfg`, later winning, and validate: the one order for new runs and continued ones."""
+    apply_mapping(cfg, {k: v for k, v in file_data.items() if k != "preset"}, file_source)
     for item in sets or []:
         key, value = parse_override(item)
         set_value(cfg, key, value, "--set")

@@ -21,6 +21,7 @@ import math
 import torch
 from torch import nn
 
+from animegen.choices import layout
 from animegen.config import ModelConfig
 
 # Channels per map side at width 1.0; sides are matched to the nearest key at or above them.
@@ -29,7 +30,8 @@ D_CHANNELS = {4: 256, 8: 256, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8}
 
 
 def _start_side(image_size: int) -> int:
-    return 3 if image_size % 3 == 0 else 4
+    # choices.layout's rule: sizes divisible by 3 grow from a 3x3 map, the others from 4x4.
+    return 3 if layout(image_size)[0] == 3 else 4
 
 
 def _channels(table: dict[int, int], side: int, width: float) -> int:

@@ -16,13 +16,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"animegen: error: {message} (see {self.prog} --help)\n")
 
 
-def _add_bn_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--bn",
-        choices=BN_MODES,
-        default=DEFAULT_BN_MODE,
-        help="BatchNorm statistics at sampling time (see README)",
-    )
+def _add_bn_flag(
+    p: argparse.ArgumentParser, help: str = "BatchNorm statistics at sampling time (see README)"
+) -> None:
+    p.add_argument("--bn", choices=BN_MODES, default=DEFAULT_BN_MODE, help=help)
 
 
 def _add_truncation_flag(p: argparse.ArgumentParser) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from animegen import export, serve
-from animegen.choices import BN_MODES, DEFAULT_BN_MODE
+from animegen.cli.common import _add_bn_flag
 from animegen.helpformat import HelpFormatter
 
 
@@ -30,12 +30,7 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
         default=export.DEFAULT_OPSET,
         help=f"ONNX opset, {export.MIN_OPSET}-{export.MAX_OPSET} (17 runs on onnxruntime >= 1.13)",
     )
-    p.add_argument(
-        "--bn",
-        choices=BN_MODES,
-        default=DEFAULT_BN_MODE,
-        help="BatchNorm in the file: batch statistics or running averages (see README)",
-    )
+    _add_bn_flag(p, help="BatchNorm in the file: batch statistics or running averages (see README)")
     p.set_defaults(func=export.run_command)
     return p
 

@@ -34,19 +34,6 @@ def use_fused_adam(t: TrainConfig, device: torch.device) -> bool:
     return t.fused_adam == "on" or (t.fused_adam == "auto" and device.type in FUSED_ADAM_DEVICES)
 
 
-def make_optimizers(
-    netG: torch.nn.Module,
-    netD: torch.nn.Module,
-    o: OptimConfig,
-    t: TrainConfig,
-    device: torch.device,
-    graphed: bool = False,
-) -> tuple[torch.optim.Adam, torch.optim.Adam]:
-    """Adam for G and D, fused as train.fused_adam says, and capturable on CUDA when the step is
-    `graphed` (see use_cuda_graph)."""
-    return _adam_pair(netG, netD, o, device, use_fused_adam(t, device), graphed)
-
-
 def _adam_pair(
     netG: torch.nn.Module,
     netD: torch.nn.Module,
@@ -64,19 +51,6 @@ def _adam_pair(
     optG = torch.optim.Adam(netG.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2), **kw)
     optD = torch.optim.Adam(netD.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2), **kw)
     return optG, optD
-
-
-def use_cudnn_benchmark(t: TrainConfig, device: torch.device) -> bool:
-    """Turn cuDNN's autotuner on for a CUDA run that asks for it; whether it is on.
-
-    Every convolution here keeps its shape for the whole run, so each is timed once (in the first
-    steps, before a CUDA graph is captured) and its fastest algorithm reused. The flag is
-    process-wide in PyTorch; a run only ever turns it on.
-    """
-    if not wants_cudnn_benchmark(t, device):
-        return False
-    torch.backends.cudnn.benchmark = True
-    return True
 
 
 def wants_cudnn_benchmark(t: TrainConfig, device: torch.device) -> bool:

@@ -73,8 +73,6 @@ class PeriodicEvaluator:
             except measures.MetricsUnavailable as e:
                 warn(f"{e}; evaluating without FID and KID")
                 self.metrics = tuple(m for m in self.metrics if m not in ("fid", "kid")) or ("swd",)
-        if "swd" in self.metrics and cfg.model.image_size < 16:
-            self.metrics = tuple(m for m in self.metrics if m != "swd")
         self.score_name = next((m for m in RANKING if m in self.metrics), "")
 
     def __call__(self, net: nn.Module, iteration: int, d: nn.Module | None = None) -> EvalResult | None:

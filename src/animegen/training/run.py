@@ -69,7 +69,6 @@ def load_images(cfg: Config, progress=None) -> ImageSet:
 
 
 @dataclass
-@dataclass
 class Run:
     """What one training run trains with. `G`, `D` are what the step calls (DDP or torch.compile
     wrappers when asked for), `netG`, `netD` the bare modules that checkpoints and samples see."""

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from animegen import checkpoint_format as ckpt
-from animegen.config import Config, apply_mapping, build_config, set_value
-from animegen.config_values import parse_override, read_config_file
+from animegen.config import Config, apply_changes, build_config
+from animegen.config_values import read_config_file
 from animegen.errors import UserError
 from animegen.training import distributed
 from animegen.training.run_lock import is_temp_file
@@ -223,15 +223,7 @@ def continued_config(saved: dict[str, Any], req: TrainRequest, source: Path) -> 
                 f"{source}: trained with --preset {cfg.preset}, cannot continue as --preset {preset} "
                 "(drop it, or start a new --run-dir)"
             )
-    if file_data:
-        apply_mapping(cfg, {k: v for k, v in file_data.items() if k != "preset"}, str(req.config_file))
-    for item in req.sets:
-        key, value = parse_override(item)
-        set_value(cfg, key, value, "--set")
-    for key, value in req.overrides.items():
-        if value is not None:
-            set_value(cfg, key, value, "command line")
-    cfg.validate()
+    apply_changes(cfg, file_data, str(req.config_file), req.sets, req.overrides)
     for dotted, why in FROZEN.items():
         section, key = dotted.split(".")
         old = saved.get(section, {}).get(key)
