@@ -10,7 +10,7 @@ from animegen.errors import UserError
 # BatchNorm at sampling time: "eval" uses the running averages, "batch" each batch's statistics.
 BN_MODES = ("batch", "eval")
 # The running averages gave samples closer to the data (SWD) than batch statistics on the seed
-# architecture (README, "BatchNorm at sampling time"), and make a face independent of its batch.
+# architecture (docs/guide.md, "BatchNorm at sampling time"), and make a face independent of its batch.
 DEFAULT_BN_MODE = "eval"
 
 # Faces are drawn in fixed chunks: the noise of face i depends only on (seed, i // CHUNK), and with

@@ -3,7 +3,7 @@
 Both files take latents `z` float32 (batch, z_dim) and return `images` float32 (batch, 3, S, S) in
 [-1, 1]; the batch axis is dynamic. Map to pixels with `(images + 1) * 127.5`, rounded.
 
-BatchNorm is frozen into the file in one of the two sampling modes (README, "BatchNorm at sampling
+BatchNorm is frozen into the file in one of the two sampling modes (docs/guide.md, "BatchNorm at sampling
 time"): `eval` uses the running averages (a plain BatchNormalization node, each face independent of
 its batch); `batch` normalises with the statistics of the batch being run, written out as
 ReduceMean/Sub/Mul/Sqrt nodes so any runtime computes them, and a face then depends on its batch,

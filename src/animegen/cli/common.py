@@ -17,7 +17,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_bn_flag(
-    p: argparse.ArgumentParser, help: str = "BatchNorm statistics at sampling time (see README)"
+    p: argparse.ArgumentParser, help: str = "BatchNorm statistics at sampling time (see docs/guide.md)"
 ) -> None:
     p.add_argument("--bn", choices=BN_MODES, default=DEFAULT_BN_MODE, help=help)
 

@@ -30,7 +30,7 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
         default=export.DEFAULT_OPSET,
         help=f"ONNX opset, {export.MIN_OPSET}-{export.MAX_OPSET} (17 runs on onnxruntime >= 1.13)",
     )
-    _add_bn_flag(p, help="BatchNorm in the file: batch statistics or running averages (see README)")
+    _add_bn_flag(p, help="BatchNorm in the file: batch statistics or running averages (see docs/guide.md)")
     p.set_defaults(func=export.run_command)
     return p
 
