@@ -63,6 +63,7 @@ class DataConfig:
     workers: int = 0  # decode threads for the first pass; 0 picks by core count
     demo_count: int = 5000  # images drawn when no folder is given
     holdout: float = 0.0  # fraction of the images never trained on, kept for evaluation
+    drop_duplicates: bool = False  # train on one face of each group of exact or near copies
 
 
 @dataclass

@@ -31,6 +31,13 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="makes a CPU run deterministic")
     p.add_argument("--limit", type=int, metavar="N", help="use only the first N images (sorted by path)")
     p.add_argument(
+        "--drop-duplicates",
+        action="store_const",
+        const=True,
+        default=None,
+        help="train on one face of each group of exact or near copies in the folder (reported either way)",
+    )
+    p.add_argument(
         "--hflip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips"
     )
     _add_device_flag(p)
@@ -114,6 +121,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
         "data.path": args.data,
         "data.limit": args.limit,
         "data.hflip": args.hflip,
+        "data.drop_duplicates": args.drop_duplicates,
         "data.workers": args.workers,
         "data.cache_dir": args.cache_dir,
         "train.epochs": args.epochs,

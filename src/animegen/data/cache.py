@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,9 @@ class ImageSet:
     skipped: list[tuple[str, str]]
     cache_hit: bool
     cache_path: Path | None
+    names: list[str] = field(
+        default_factory=list
+    )  # each row's file, relative to the folder ([] for demo faces)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -171,7 +174,11 @@ def load_folder(
     if len(images) == 0:
         reasons = DecodeReport(decoded=0, skipped=skipped).warning_line() or ""
         raise UserError(f"{root_path}: none of the {len(files)} image files could be used ({reasons})")
-    return ImageSet(images, key, str(root_path), skipped, hit, entry)
+    bad = {path for path, _ in skipped}
+    names = [os.path.relpath(f.path, root_path) for f in files if os.fsdecode(f.path) not in bad]
+    return ImageSet(
+        images, key, str(root_path), skipped, hit, entry, names if len(names) == len(images) else []
+    )
 
 
 def load_demo(

@@ -147,7 +147,7 @@ class Trainer(TrainingState, PeriodicWork):
             channels_last=self.channels_last,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
-            indices=train_rows if len(held_rows) else None,
+            indices=train_rows if len(train_rows) < len(self.images) else None,
         )
         if self.resume_from is not None:
             self._restore(self.resume_from)

@@ -16,6 +16,7 @@ import torch
 
 from animegen.choices import parse_policy
 from animegen.config import Config
+from animegen.data import duplicates
 from animegen.data.cache import ImageSet, load_demo, load_folder
 from animegen.data.split import holdout_split
 from animegen.errors import UserError
@@ -150,12 +151,20 @@ def load_data(cfg: Config, dist: distributed.DistInfo, reporter) -> tuple[ImageS
     """Decode (or read the cache of) the folder; the images, the rows to train on and those held out."""
     if dist.is_main:
         images = load_images(cfg, progress=reporter.decode_progress)
+        copies = _copies(images)  # found once and stored beside the cache entry
     # The other ranks wait for rank 0 to fill the cache, then read it.
     distributed.barrier(dist)
     if not dist.is_main:
         images = load_images(cfg)
+        copies = _copies(images)
     reporter.data_summary(images)
     train_rows, held_rows = holdout_split(len(images), cfg.data.holdout)
+    if copies is not None and cfg.data.drop_duplicates:
+        before = len(train_rows)
+        train_rows = copies.training_rows(train_rows, held_rows)
+        reporter.info(f"--drop-duplicates: training on {len(train_rows):,} of {before:,} rows")
+    elif copies is not None and (line := copies.warning_line(images.names, images.source)):
+        reporter.warn(line)
     if len(train_rows) < cfg.train.batch_size:
         held = f" after holding out {len(held_rows)}" if len(held_rows) else ""
         raise UserError(
@@ -163,6 +172,11 @@ def load_data(cfg: Config, dist: distributed.DistInfo, reporter) -> tuple[ImageS
             f"{cfg.train.batch_size} (lower --batch-size)"
         )
     return images, train_rows, held_rows
+
+
+def _copies(images: ImageSet) -> duplicates.Duplicates | None:
+    """A folder's exact and near copies (none looked for among the procedural demo faces)."""
+    return duplicates.load_or_find(images.images, images.cache_path) if images.names else None
 
 
 def check_run_dir(run_dir: Path, subdirs: tuple[Path, ...], run: Run, made: list[Path]) -> None:
