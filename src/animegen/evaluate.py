@@ -30,6 +30,11 @@ def format_result(result: dict[str, Any]) -> str:
         parts.append(f"FD-SSL {result['fd_ssl']:.3f}")
     if "precision" in result:
         parts.append(f"precision {result['precision']:.3f} recall {result['recall']:.3f}")
+    if "copy_share" in result:
+        parts.append(
+            f"copies {result['copy_share']:.1%} (held-out faces {result['copy_share_heldout']:.1%}: "
+            f"share closer to a training face than {1 - result['copy_quantile']:.0%} of held-out faces are)"
+        )
     if "weights" in result:
         parts.append(f"weights {result['weights']}")
     return "  ".join(parts)

@@ -145,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="write generated faces beside their K nearest real faces (Inception space)",
     )
     p.add_argument("--nearest-out", default="nearest.png", metavar="PNG", help="where --nearest writes")
+    p.add_argument(
+        "--neighbours",
+        metavar="PNG",
+        help="with --holdout: write the generated faces closest to a training face, each beside its 3 "
+        "nearest training faces and their distances, closest first",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated faces")
     _add_truncation_flag(p)

@@ -118,15 +118,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     nearest_out = Path(args.nearest_out) if args.nearest else None
-    real_images, data_key = real.images, real.key
+    real_images, data_key, train_images = real.images, real.key, None
+    if args.neighbours and not args.holdout:
+        raise UserError("--neighbours needs --holdout FRACTION: the held-out faces are the baseline")
     if args.holdout:
         from animegen.data.split import holdout_split
 
         if not 0 < args.holdout < 1:
             raise UserError(f"--holdout must be in (0, 1), not {args.holdout}")
-        _, held = holdout_split(len(real), args.holdout)
+        train, held = holdout_split(len(real), args.holdout)
         # The same rows, and the same feature-cache key, as training's --holdout on this folder.
         real_images, data_key = real.images[held], f"{real.key}|holdout={args.holdout}"
+        train_images = real.images[train]  # "does it copy?" asks of the faces it trained on
     result = evaluate(
         gen,
         real_images,
@@ -142,6 +145,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         bn_mode=args.bn,
         nearest=args.nearest,
         nearest_out=nearest_out,
+        train_images=train_images,
+        neighbours_out=Path(args.neighbours) if args.neighbours else None,
         progress=None if args.quiet else (lambda m: print(m, file=sys.stderr)),
     )
     result["weights"] = gen.info["weights"]
@@ -154,6 +159,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"wrote {args.json}")
     if nearest_out:
         print(f"wrote nearest neighbours to {nearest_out}")
+    if args.neighbours:
+        print(f"wrote the closest matches to training faces to {args.neighbours}")
     return 0
 
 

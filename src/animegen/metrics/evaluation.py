@@ -16,6 +16,7 @@ import torch
 from animegen import metrics as measures
 from animegen.choices import DEFAULT_BN_MODE
 from animegen.errors import UserError
+from animegen.metrics import copying
 from animegen.metrics.face_features import FaceFeatures, face_features
 from animegen.sampling import Sampler
 from animegen.visual import make_grid, save_png
@@ -101,11 +102,15 @@ def evaluate(
     face_encoder_path: str | None = None,
     ruler: FaceFeatures | None = None,
     truncation: float | None = None,
+    train_images: np.ndarray | None = None,
+    neighbours_out: Path | None = None,
 ) -> dict[str, Any]:
     """Compare `n` generated faces with up to `n` real ones; returns a JSON-ready dict.
 
     `extractor` / `ruler`: an InceptionFeatures / FaceFeatures already loaded (periodic evaluation
     during training reuses them). `face_encoder_path`: other weights for FD-SSL than the shipped ones.
+    `train_images` (the faces the generator trained on; `real_images` then being held-out ones): also
+    the copy score (metrics/copying.py), and with `neighbours_out` a sheet of the closest matches.
     """
     started = time.perf_counter()
     device = gen.device
@@ -155,20 +160,53 @@ def evaluate(
         out = measures.swd(real_t, fake, seed=seed)
         result["swd"] = out["mean"]
         result["swd_levels"] = {str(k): v for k, v in out["levels"].items()}
-    if "fd_ssl" in metrics:
-        say("FD-SSL (face-encoder features)")
+    if "fd_ssl" in metrics or train_images is not None:
+        say("face-encoder features")
         ruler = ruler or FaceFeatures(face_encoder_path, device)
         # The same real faces every periodic evaluation: their features are computed once per ruler.
         key = hashlib.sha256(f"{data_key}|{idx.tobytes().hex()}".encode()).hexdigest()
         if key not in ruler.real_cache:
             real_t = torch.from_numpy(np.ascontiguousarray(real_images[idx]))
             ruler.real_cache[key] = face_features(real_t, extractor=ruler)
-        result["fd_ssl"] = measures.fid_from_features(
-            ruler.real_cache[key], face_features(fake, extractor=ruler)
-        )
+        fake_ssl = face_features(fake, extractor=ruler)
+        if "fd_ssl" in metrics:
+            result["fd_ssl"] = measures.fid_from_features(ruler.real_cache[key], fake_ssl)
         result["fd_ssl_encoder"] = ruler.id
+        if train_images is not None:
+            say(f"nearest training faces among {len(train_images):,}")
+            train_f = _train_features(train_images, cache_dir, data_key, ruler)
+            result.update(copying.copy_score(fake_ssl, train_f, ruler.real_cache[key], seed=seed))
+            if neighbours_out is not None:
+                copying.write_neighbour_sheet(fake, fake_ssl, train_images, train_f, neighbours_out)
+                result["neighbours"] = str(neighbours_out)
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
+
+
+def _train_features(
+    images: np.ndarray, cache_dir: Path | None, data_key: str, ruler: FaceFeatures
+) -> np.ndarray:
+    """Face-encoder features of every training face, kept in the cache dir (the set is large)."""
+    key = hashlib.sha256(f"{data_key}|train|{len(images)}|{ruler.id}".encode()).hexdigest()[:24]
+    path = cache_dir / f"faceenc-train-{key}.npy" if cache_dir else None
+    if path is not None and path.exists():
+        try:
+            return np.load(path)
+        except (OSError, ValueError):
+            pass
+    batches = (
+        torch.from_numpy(np.ascontiguousarray(images[i : i + 500])) for i in range(0, len(images), 500)
+    )
+    feats = face_features(batches, extractor=ruler)
+    if path is not None:
+        try:
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            with open(tmp, "wb") as fh:
+                np.save(fh, feats)
+            os.replace(tmp, path)
+        except OSError:
+            pass
+    return feats
 
 
 def write_nearest(
