@@ -67,7 +67,7 @@ class Duplicates:
                 what = (
                     "exact duplicates"
                     if kind == "exact"
-                    else f"near duplicates (pHash within {NEAR_BITS} bits)"
+                    else f"near duplicates within {NEAR_BITS} pHash bits"
                 )
                 parts.append(f"{n} {what} ({shown}{more})")
         return (
