@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
 from animegen import checkpoint_format as ckpt  # noqa: E402
-from animegen.generate import resolve_checkpoint  # noqa: E402
+from animegen.model_loading import resolve_checkpoint  # noqa: E402
 
 
 def main() -> None:

@@ -39,7 +39,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
 from animegen.data.cache import load_folder  # noqa: E402
-from animegen.generate import load_generator  # noqa: E402
 from animegen.metrics import (  # noqa: E402
     InceptionFeatures,
     fid_from_features,
@@ -47,6 +46,7 @@ from animegen.metrics import (  # noqa: E402
     kid_from_features,
     swd,
 )
+from animegen.model_loading import load_generator  # noqa: E402
 from animegen.visual import make_grid, save_png  # noqa: E402
 
 # Extensions both trainers read (lightweight-gan globs jpg, jpeg, png and tiff).

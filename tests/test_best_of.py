@@ -13,7 +13,7 @@ from animegen.best_of import NO_DISCRIMINATOR, best_of, load_discriminator
 from animegen.cli import main
 from animegen.config import ModelConfig
 from animegen.errors import CheckpointError, UserError
-from animegen.generate import load_generator
+from animegen.model_loading import load_generator
 from animegen.models import Discriminator, Generator, build_models
 from animegen.sampling import CHUNK
 

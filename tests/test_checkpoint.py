@@ -112,7 +112,7 @@ class _Evil:
 
 
 def test_pickle_with_code_is_refused(tmp_path):
-    from animegen.generate import load_generator
+    from animegen.model_loading import load_generator
 
     p = tmp_path / "netG_001.pth"
     with open(p, "wb") as fh:

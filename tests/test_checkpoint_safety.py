@@ -78,7 +78,7 @@ def test_generate_run_dir_skips_damaged_newest_with_one_warning(run_copy, tmp_pa
     line = one_line(capsys.readouterr().err)
     assert line.startswith("warning:") and newest.name in line and REASON.search(line)
     assert grid.exists()
-    from animegen.generate import load_generator
+    from animegen.model_loading import load_generator
 
     assert load_generator(run_copy).source.name == "ckpt_e001_i00000005.safetensors"
 

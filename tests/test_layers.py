@@ -31,6 +31,7 @@ LAYERS = {
     "animegen.projected": 2,  # the D on frozen pretrained features, beside them
     # shared by training and inference: file format, layers, devices, data, sampling
     "animegen.checkpoint_format": 3,
+    "animegen.model_loading": 3,
     "animegen.deconv_grad": 3,
     "animegen.device": 3,
     "animegen.sampling": 3,

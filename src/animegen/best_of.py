@@ -24,7 +24,7 @@ from torch import nn
 from animegen import checkpoint_format as ckpt
 from animegen.config import ModelConfig
 from animegen.errors import CheckpointError, UserError
-from animegen.generate import (
+from animegen.model_loading import (
     LoadedGenerator,
     _is_safetensors,
     instantiate,

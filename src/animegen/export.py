@@ -31,7 +31,7 @@ from animegen.errors import UserError
 if TYPE_CHECKING:
     from torch import nn
 
-    from animegen.generate import LoadedGenerator
+    from animegen.model_loading import LoadedGenerator
 
 # Module level stays free of torch so that registering the subcommand keeps `animegen --help` fast.
 DEFAULT_OPSET = 17
@@ -238,7 +238,7 @@ def check_onnx(gen: LoadedGenerator, path: str | os.PathLike, bn_mode: str = DEF
 
 def run_command(args: argparse.Namespace) -> int:
     """`animegen export` (its arguments: cli/tools.py)."""
-    from animegen.generate import load_generator
+    from animegen.model_loading import load_generator
 
     if not args.onnx and not args.torchscript:
         raise UserError("nothing to write: give --onnx FILE and/or --torchscript FILE")

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import numpy as np
     from fastapi import FastAPI
 
-    from animegen.generate import LoadedGenerator
+    from animegen.model_loading import LoadedGenerator
 
 # Module level stays free of torch and fastapi so that registering the subcommand keeps
 # `animegen --help` fast and works without the [serve] extra.
@@ -326,7 +326,7 @@ def run_command(args: argparse.Namespace) -> int:
     except ImportError:
         raise UserError("animegen serve needs fastapi and uvicorn: pip install 'animegen[serve]'") from None
     from animegen.device import resolve_device
-    from animegen.generate import load_generator
+    from animegen.model_loading import load_generator
 
     if not 1 <= args.max_n <= MAX_N_LIMIT:
         raise UserError(f"--max-n must be between 1 and {MAX_N_LIMIT}, not {args.max_n}")

@@ -10,7 +10,8 @@ from animegen.errors import UserError
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from animegen.generate import load_generator, write_files, write_grid
+    from animegen.generate import write_files, write_grid
+    from animegen.model_loading import load_generator
     from animegen.sampling import check_truncation
 
     if args.n < 1:
@@ -82,7 +83,8 @@ def _generate_best_of(args: argparse.Namespace, gen) -> int:
 
 
 def _interpolate(args: argparse.Namespace) -> int:
-    from animegen.generate import load_generator, write_interpolation
+    from animegen.generate import write_interpolation
+    from animegen.model_loading import load_generator
 
     gen = load_generator(args.checkpoint, device=_device(args.device))
     out = write_interpolation(
@@ -102,7 +104,7 @@ def _interpolate(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from animegen.data.cache import load_folder
     from animegen.evaluate import METRICS, evaluate, format_result, write_json
-    from animegen.generate import load_generator
+    from animegen.model_loading import load_generator
 
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
     unknown = [m for m in metrics if m not in METRICS]

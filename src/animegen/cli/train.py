@@ -215,7 +215,8 @@ def _train_process(args: argparse.Namespace, demo: bool, info) -> int:
     if not info.is_main:
         return 0
     if demo:
-        from animegen.generate import load_generator, write_grid, write_interpolation
+        from animegen.generate import write_grid, write_interpolation
+        from animegen.model_loading import load_generator
 
         gen = load_generator(result["checkpoint"])
         grid = write_grid(gen, 64, run_dir / "demo_grid.png", nrow=8, seed=0)
