@@ -1,6 +1,6 @@
 """Count the matmul FLOPs of one GAN training iteration per image, from the layer shapes of G and D.
 
-Nothing is typed in: G and D are built with `animegen.models.build_models` from a config, run once
+Nothing is typed in: G and D are built with `animegen.networks.build_models` from a config, run once
 on one image with forward hooks on every Conv2d / ConvTranspose2d / Linear, and each layer's FLOPs
 (one multiply-add = 2 FLOPs) come from the shapes the hooks saw:
 
@@ -20,7 +20,7 @@ gradients + weight gradients):
            G backward                           2 F_G
   total                                         8 F_D + 3 F_G
 
-A projected D (animegen/projected.py) splits F_D into the frozen backbone's F_B and the trained
+A projected D (animegen/networks/projected.py) splits F_D into the frozen backbone's F_B and the trained
 heads' F_D. The D step runs the backbone forward only (no gradient flows into it: 2 F_B), the G
 step forward and back to the image (2 F_B), so the total is 8 F_D + 3 F_G + 4 F_B. Its fixed
 random projections are functional 1x1 convolutions, left out like BatchNorm.
@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from animegen.config import ModelConfig, build_config
-from animegen.models import build_models
+from animegen.networks import build_models
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ def random_generator(preset: str, path: Path) -> None:
 
     from animegen import checkpoint_format as ckpt
     from animegen.config import build_config
-    from animegen.models import Generator
+    from animegen.networks import Generator
 
     cfg = build_config(preset)
     torch.manual_seed(0)

@@ -14,7 +14,7 @@ from animegen.cli import main
 from animegen.config import ModelConfig
 from animegen.errors import CheckpointError, UserError
 from animegen.model_loading import load_generator
-from animegen.models import Discriminator, Generator, build_models
+from animegen.networks import Discriminator, Generator, build_models
 from animegen.sampling import CHUNK
 
 

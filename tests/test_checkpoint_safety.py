@@ -21,7 +21,7 @@ from animegen import checkpoint_format as ckpt
 from animegen.cli import main
 from animegen.config import ModelConfig
 from animegen.errors import CheckpointError
-from animegen.models import Generator
+from animegen.networks import Generator
 
 # ------------------------------------------------------------------------------------ damaged checkpoints
 

@@ -15,7 +15,7 @@ from animegen import checkpoint_format as ckpt
 from animegen.cli import main
 from animegen.config import Config, ModelConfig
 from animegen.errors import UserError
-from animegen.models import build_models
+from animegen.networks import build_models
 from animegen.training.graphed import CaptureError, GraphedStep
 from animegen.training.step import make_loss, train_step
 

@@ -11,7 +11,7 @@ from animegen.choices import SUPPORTED_SIZES
 from animegen.cli import main
 from animegen.config import Config, ModelConfig, build_config
 from animegen.errors import UserError
-from animegen.fastgan import FastDiscriminator, FastGenerator
+from animegen.networks.fastgan import FastDiscriminator, FastGenerator
 from animegen.training.step import make_loss, train_step
 
 # From D's map at twice the start side, two upsamplings (one where the image is that small).

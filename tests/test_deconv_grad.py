@@ -20,7 +20,7 @@ from animegen.deconv_grad import (
     _ConvTransposeByMatmul,
     swap_in_matmul_layers,
 )
-from animegen.models import build_models
+from animegen.networks import build_models
 from animegen.training.device import SpeedPlan
 from animegen.training.step import make_loss, train_step
 

@@ -8,8 +8,8 @@ import torch
 from animegen.choices import SUPPORTED_SIZES
 from animegen.config import ModelConfig, build_config
 from animegen.errors import UserError
-from animegen.fastgan import FastDiscriminator, FastGenerator, SkipExcitation
-from animegen.models import build_models, count_parameters
+from animegen.networks import build_models, count_parameters
+from animegen.networks.fastgan import FastDiscriminator, FastGenerator, SkipExcitation
 
 
 @pytest.mark.parametrize("size", SUPPORTED_SIZES)
@@ -61,7 +61,7 @@ def test_modern_preset_is_fastgan_with_hinge_and_ema():
 
 def test_a_saved_modern_config_from_before_fastgan_keeps_its_networks():
     from animegen.config import Config
-    from animegen.models import build_generator
+    from animegen.networks import build_generator
 
     old = Config.from_dict({"preset": "modern", "model": {"arch": "seed", "image_size": 32, "d_norm": "sn"}})
     old.validate()

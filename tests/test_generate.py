@@ -10,7 +10,7 @@ from animegen.cli import main
 from animegen.config import ModelConfig
 from animegen.errors import CheckpointError
 from animegen.generate import slerp, write_files
-from animegen.models import Generator
+from animegen.networks import Generator
 from animegen.sampling import CHUNK, DEFAULT_BN_MODE, bn_mode_context
 
 

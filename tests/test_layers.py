@@ -26,9 +26,7 @@ LAYERS = {
     "animegen.runlog": 0,
     "animegen.config_values": 0,
     "animegen.config": 1,
-    "animegen.models": 2,
-    "animegen.fastgan": 2,  # the FastGAN-style family, a network module beside models.py
-    "animegen.projected": 2,  # the D on frozen pretrained features, beside them
+    "animegen.networks": 2,  # the tutorial's, FastGAN-style and projected networks, and their factory
     # shared by training and inference: file format, layers, devices, data, sampling
     "animegen.checkpoint_format": 3,
     "animegen.model_loading": 3,

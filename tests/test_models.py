@@ -5,7 +5,7 @@ import torch
 
 from animegen.config import ModelConfig
 from animegen.errors import UserError
-from animegen.models import (
+from animegen.networks import (
     Discriminator,
     Generator,
     build_models,

@@ -20,7 +20,7 @@ from animegen.config import ModelConfig, build_config
 from animegen.errors import UserError
 
 timm = pytest.importorskip("timm")
-projected = pytest.importorskip("animegen.projected")
+projected = pytest.importorskip("animegen.networks.projected")
 try:
     projected.weights_path()
 except UserError:

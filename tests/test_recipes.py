@@ -13,7 +13,7 @@ from animegen import load_generator
 from animegen.choices import parse_policy
 from animegen.cli import main
 from animegen.config import ModelConfig, preset
-from animegen.models import build_models
+from animegen.networks import build_models
 from animegen.training.augment import cutout, diff_augment, translation
 from animegen.training.step import make_loss, train_step
 

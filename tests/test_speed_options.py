@@ -13,7 +13,7 @@ from animegen.cli import main
 from animegen.config import Config, ModelConfig, OptimConfig, TrainConfig, build_config
 from animegen.data.batches import BatchFeeder, upload
 from animegen.errors import UserError
-from animegen.models import build_models
+from animegen.networks import build_models
 from animegen.training.device import (
     SpeedPlan,
     compile_module,

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from animegen.config import seed_preset
-from animegen.models import build_models
+from animegen.networks import build_models
 from animegen.training.device import SpeedPlan
 from animegen.training.step import LOSSES, train_step
 

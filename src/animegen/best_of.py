@@ -31,7 +31,7 @@ from animegen.model_loading import (
     model_config_from_meta,
     resolve_checkpoint,
 )
-from animegen.models import build_discriminator, normalize_state_dict_keys
+from animegen.networks import build_discriminator, normalize_state_dict_keys
 from animegen.sampling import DEFAULT_BN_MODE, bn_mode_context
 
 NO_DISCRIMINATOR = "--best-of needs a training checkpoint with the discriminator"

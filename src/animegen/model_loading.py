@@ -16,7 +16,7 @@ from animegen import checkpoint_format as ckpt
 from animegen.config import ModelConfig
 from animegen.deconv_grad import fp32_products_pay, swap_in_matmul_layers
 from animegen.errors import CheckpointError, UserError
-from animegen.models import build_generator, infer_model_config, normalize_state_dict_keys
+from animegen.networks import build_generator, infer_model_config, normalize_state_dict_keys
 from animegen.sampling import Sampler
 
 # A loaded generator is a Sampler that came from a file; the name stays for the Python API.

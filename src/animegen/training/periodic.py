@@ -16,7 +16,7 @@ import torch
 
 from animegen import checkpoint_format as ckpt
 from animegen.errors import CheckpointError, UserError
-from animegen.models import build_generator
+from animegen.networks import build_generator
 from animegen.sampling import sample_images
 from animegen.training import allocator, distributed
 from animegen.training.ema import calibrate_bn

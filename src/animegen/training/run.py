@@ -20,7 +20,7 @@ from animegen.data import duplicates
 from animegen.data.cache import ImageSet, load_demo, load_folder
 from animegen.data.split import holdout_split
 from animegen.errors import UserError
-from animegen.models import build_models
+from animegen.networks import build_models
 from animegen.streams import BN_CALIBRATION, SAMPLE_GRID, derived_seed
 from animegen.training import distributed
 from animegen.training.device import SpeedPlan, compile_module

@@ -192,7 +192,7 @@ class ProjectedDiscriminator(nn.Module):
         self.heads = nn.ModuleList(_Head(c, s) for c, s in zip(MIX_CHANNELS, sides, strict=True))
         self.pixel: nn.Module | None = None
         if cfg.d_pixel:
-            from animegen.fastgan import FastDiscriminator
+            from animegen.networks.fastgan import FastDiscriminator
 
             self.pixel = FastDiscriminator(
                 ModelConfig(arch="fastgan", image_size=cfg.image_size, width=cfg.width)

@@ -1,5 +1,4 @@
-"""The generator and discriminator: the tutorial's seed layout and pytorch/examples' DCGAN, any size,
-and a factory for every architecture (fastgan.py holds the FastGAN-style pair)."""
+"""The tutorial's DCGAN pair (96 px and other sizes) and pytorch/examples' DCGAN initialisation."""
 
 from __future__ import annotations
 
@@ -8,8 +7,6 @@ from torch import nn
 
 from animegen.choices import layout
 from animegen.config import ModelConfig
-from animegen.errors import UserError
-from animegen.fastgan import FastDiscriminator, FastGenerator
 
 # The tutorial's widths at width=1.0: G's last hidden layer has 128 channels, D's first has 64.
 BASE_WIDTHS = {"seed": (128, 64), "dcgan64": (64, 64)}
@@ -117,67 +114,3 @@ def dcgan_init(module: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
-
-
-def build_generator(cfg: ModelConfig) -> nn.Module:
-    """An untrained generator of cfg.arch (weights from PyTorch's default init)."""
-    if cfg.arch == "fastgan":
-        return FastGenerator(cfg)
-    return Generator(cfg)
-
-
-def build_discriminator(cfg: ModelConfig) -> nn.Module:
-    """An untrained discriminator of cfg.arch (weights from PyTorch's default init)."""
-    if cfg.d_backbone:
-        from animegen.projected import ProjectedDiscriminator  # needs the [projected] extra
-
-        return ProjectedDiscriminator(cfg)
-    if cfg.arch == "fastgan":
-        return FastDiscriminator(cfg)
-    return Discriminator(cfg)
-
-
-def build_models(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
-    """Fresh G and D; draws from torch's global RNG, so seed it first for reproducible weights."""
-    g, d = build_generator(cfg), build_discriminator(cfg)
-    if cfg.init == "dcgan":
-        dcgan_init(g)
-        dcgan_init(d)
-    elif cfg.init != "default":
-        raise UserError(f"model.init must be 'default' or 'dcgan', not {cfg.init!r}")
-    return g, d
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def normalize_state_dict_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Strip wrappers' prefixes (DataParallel/DDP 'module.', torch.compile '_orig_mod.')."""
-    out = {}
-    for key, value in state.items():
-        for prefix in ("module.", "_orig_mod."):
-            while key.startswith(prefix):
-                key = key[len(prefix) :]
-        out[key] = value
-    return out
-
-
-def infer_model_config(state: dict[str, torch.Tensor]) -> ModelConfig:
-    """Recover a generator's ModelConfig from its weights alone (for a bare tutorial netG_NNN.pth)."""
-    state = normalize_state_dict_keys(state)
-    first = state.get("layer1.0.weight")
-    if first is None or first.dim() != 4:
-        raise UserError("not a generator state dict (no layer1.0.weight of a transposed convolution)")
-    z_dim, top = first.shape[0], first.shape[1]
-    n = 1
-    while f"layer{n + 1}.0.weight" in state:
-        n += 1
-    last = state[f"layer{n}.0.weight"]
-    factor = 3 if last.shape[-1] == 5 else 2
-    stages = n - 2
-    image_size = 4 * 2**stages * factor
-    ngf = top // 2**stages
-    arch = "seed" if factor == 3 else "dcgan64"
-    base = BASE_WIDTHS[arch][0]
-    return ModelConfig(arch=arch, image_size=image_size, z_dim=z_dim, width=ngf / base)
