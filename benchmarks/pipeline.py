@@ -24,8 +24,8 @@ from animegen.config import build_config  # noqa: E402
 from animegen.data.batches import BatchFeeder  # noqa: E402
 from animegen.device import resolve_device  # noqa: E402
 from animegen.networks import build_models  # noqa: E402
-from animegen.training.device import SpeedPlan  # noqa: E402
 from animegen.training.run import load_images  # noqa: E402
+from animegen.training.speed_plan import SpeedPlan  # noqa: E402
 from animegen.training.step import make_loss, train_step  # noqa: E402
 
 

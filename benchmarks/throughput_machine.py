@@ -64,7 +64,7 @@ def sync(device: torch.device) -> None:
 def compute_dtype(cfg: Config, device: torch.device) -> str:
     """What the convolutions compute in: bf16 under autocast; on a GPU, fp32 convolutions run as
     TF32 (cuDNN's default, torch.backends.cudnn.allow_tf32), so their peak is the TF32 one."""
-    from animegen.training.device import SpeedPlan
+    from animegen.training.speed_plan import SpeedPlan
 
     if SpeedPlan.resolve(cfg.train, cfg.optim, device).amp == "bf16":
         return "bf16"

@@ -117,7 +117,7 @@ def test_a_failed_capture_under_auto_trains_on_eagerly_and_under_on_stops(
         raise CaptureError("CUDA graph capture of the training step failed (not on this driver)")
 
     # As on a CUDA card whose capture fails: "auto" picks the graph, the capture after warm-up fails.
-    monkeypatch.setattr("animegen.training.device.use_cuda_graph", lambda *a, **k: True)
+    monkeypatch.setattr("animegen.training.speed_plan.use_cuda_graph", lambda *a, **k: True)
     monkeypatch.setattr(GraphedStep, "_capture", cannot_capture)
     common = ["train", "--data", str(image_folder), "--seed", "2", *TINY, "--epochs", "1"]
     assert main([*common, "--run-dir", str(tmp_path / "auto"), "--set", "train.cuda_graph=auto"]) == 0

@@ -21,7 +21,7 @@ from animegen.deconv_grad import (
     swap_in_matmul_layers,
 )
 from animegen.networks import build_models
-from animegen.training.device import SpeedPlan
+from animegen.training.speed_plan import SpeedPlan
 from animegen.training.step import make_loss, train_step
 
 BF16 = dict(device_type="cpu", dtype=torch.bfloat16, cache_enabled=False)

@@ -14,13 +14,13 @@ from animegen.config import Config, ModelConfig, OptimConfig, TrainConfig, build
 from animegen.data.batches import BatchFeeder, upload
 from animegen.errors import UserError
 from animegen.networks import build_models
-from animegen.training.device import (
+from animegen.training.ema import GeneratorEMA, calibrate_bn
+from animegen.training.speed_plan import (
     SpeedPlan,
     compile_module,
     use_channels_last,
     use_cuda_graph,
 )
-from animegen.training.ema import GeneratorEMA, calibrate_bn
 from animegen.training.step import cpu_has_native_bf16, make_loss, resolve_amp, train_step
 
 CFG = ModelConfig(arch="seed", image_size=32, width=0.25)

@@ -21,7 +21,7 @@ from torch import nn
 
 from animegen.config import seed_preset
 from animegen.networks import build_models
-from animegen.training.device import SpeedPlan
+from animegen.training.speed_plan import SpeedPlan
 from animegen.training.step import LOSSES, train_step
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "seed_dcgan.py"

@@ -5,7 +5,7 @@ passes, two backward passes, BatchNorm, Adam), not to arithmetic. A CUDA graph l
 kernels in one call, so the step costs what the GPU needs (docs/design-notes.md).
 
 Unlike torch.compile's "reduce-overhead" this captures everything, optimisers included, and needs
-no inductor (whose convolution stride checks failed on this generator, see training/device.py).
+no inductor (whose convolution stride checks failed on this generator, see training/speed_plan.py).
 
 What a replay cannot see changes between iterations, so the step must be a fixed sequence of
 kernels: no DiffAugment or lazy R1 (their randomness and schedule live on the host), one process

@@ -23,8 +23,8 @@ from animegen.errors import UserError
 from animegen.networks import build_models
 from animegen.streams import BN_CALIBRATION, SAMPLE_GRID, derived_seed
 from animegen.training import distributed
-from animegen.training.device import SpeedPlan, compile_module
 from animegen.training.ema import GeneratorEMA
+from animegen.training.speed_plan import SpeedPlan, compile_module
 from animegen.training.step import make_loss
 
 
