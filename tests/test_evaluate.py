@@ -9,7 +9,7 @@ from conftest import TINY
 from PIL import Image
 
 from animegen.cli import main
-from animegen.evaluate import format_result
+from animegen.metrics.evaluation import format_result
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,6 @@ LAYERS = {
     "animegen.training": 5,
     "animegen.generate": 5,
     "animegen.best_of": 5,
-    "animegen.evaluate": 5,
     "animegen.export": 5,
     "animegen.runs": 5,
     "animegen.serve": 5,
@@ -48,7 +47,7 @@ LAYERS = {
     "animegen.__main__": 7,
     "animegen": 7,
 }
-INFERENCE = {"animegen.generate", "animegen.best_of", "animegen.evaluate", "animegen.export"}
+INFERENCE = {"animegen.generate", "animegen.best_of", "animegen.export"}
 INFERENCE |= {"animegen.runs", "animegen.serve"}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -103,7 +104,7 @@ def _interpolate(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from animegen.data.cache import load_folder
-    from animegen.evaluate import METRICS, evaluate, format_result, write_json
+    from animegen.metrics.evaluation import METRICS, evaluate, format_result
     from animegen.model_loading import load_generator
 
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
@@ -157,7 +158,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     result["limit"] = args.limit
     print(format_result(result))
     if args.json:
-        write_json(result, args.json)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")
     if nearest_out:
         print(f"wrote nearest neighbours to {nearest_out}")
