@@ -66,14 +66,14 @@ def plot_losses(log_path: Path, out: Path) -> Path | None:
     if len(rows) < 2:
         return None
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only: never needs a display
-        import matplotlib.pyplot as plt
+        # The object API, not pyplot: no process-wide figure list or backend switch for a library to
+        # leave behind in a user's session.
+        from matplotlib.figure import Figure
     except ImportError:
         return None
     it = [r["iteration"] for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), dpi=100)
+    fig = Figure(figsize=(11, 3.8), dpi=100)
+    ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(it, [r["loss_D"] for r in rows], label="loss D", lw=1)
     ax1.plot(it, [r["loss_G"] for r in rows], label="loss G", lw=1)
     ax1.set_xlabel("iteration")
@@ -88,6 +88,5 @@ def plot_losses(log_path: Path, out: Path) -> Path | None:
     fig.tight_layout()
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}.png")
     fig.savefig(tmp)
-    plt.close(fig)
     os.replace(tmp, out)
     return out
