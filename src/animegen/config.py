@@ -80,6 +80,13 @@ class OptimConfig:
     r1_every: int = 16  # lazy R1: apply every N D steps, scaled by N (StyleGAN2)
     ema: float = 0.0  # generator EMA decay for samples and evaluation (e.g. 0.999); 0 = off
     augment: str = ""  # DiffAugment policy, e.g. "color,translation,cutout"; "" = off
+    # Chance that each op of the policy is applied to each image; 1 applies every op to every
+    # image, as DiffAugment does. With ada_target it is where the adaptive probability starts.
+    augment_p: float = 1.0
+    # > 0: adapt the probability as ADA does (Karras et al. 2020), raising it while D's sign on
+    # the real images it trains on averages above this (their 0.6), lowering it below; 0 = fixed
+    ada_target: float = 0.0
+    ada_images: int = 100_000  # images over which the adaptive probability can move from 0 to 1
 
 
 @dataclass
@@ -201,6 +208,10 @@ class Config:
             parse_policy(o.augment)
         except ValueError as e:
             raise UserError(f"optim.augment: {e}") from None
+        if not 0 <= o.augment_p <= 1 or not 0 <= o.ada_target < 1 or o.ada_images < 1:
+            raise UserError("optim: augment_p in [0, 1], ada_target in [0, 1), ada_images >= 1")
+        if o.ada_target and not o.augment:
+            raise UserError("optim.ada_target adapts optim.augment's probability: set a policy too")
         if t.amp not in AMP_MODES:
             raise UserError(f"train.amp must be one of {', '.join(AMP_MODES)}, not {t.amp!r}")
         if t.compile not in COMPILE_MODES:

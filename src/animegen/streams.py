@@ -19,6 +19,9 @@ AUGMENT = 7  # training: DiffAugment's draws, (seed, AUGMENT, iteration)
 # the first calibration latents); the walk moved, calibration kept its number so trained runs and
 # their figures are unchanged.
 INTERPOLATION = 8
+# training: which images each augmentation op reaches when its probability is below 1,
+# (seed of the call, AUGMENT_CHOICE)
+AUGMENT_CHOICE = 9
 
 
 def _mix(*parts: int) -> int:

@@ -63,6 +63,7 @@ class Trainer(TrainingState, PeriodicWork):
             run.augment,
             run.speed.amp,
         )
+        self.augment_strength = run.augment_strength
         self.ema, self.bn_noise, self.channels_last = run.ema, run.bn_noise, run.speed.channels_last
         self.local_batch, self.reusing_memory = run.local_batch, run.speed.reuse_memory
         self._bn_calibrated_at = -1  # the EMA update count the statistics were measured at
@@ -99,6 +100,13 @@ class Trainer(TrainingState, PeriodicWork):
             recon=self.cfg.model.d_recon,
             **per_iteration,
         )
+
+    def _augment_reading(self, real_sign: float) -> dict[str, float]:
+        """The adaptive augmentation's state for a log row: its probability and what it watches."""
+        s = self.augment_strength
+        if s is None or not s.adaptive:
+            return {}
+        return {"augment_p": round(float(s.p), 4), "D_sign": round(real_sign, 4)}
 
     def prepare(self) -> None:
         made: list[Path] = []
@@ -229,9 +237,9 @@ class Trainer(TrainingState, PeriodicWork):
         noise_gen = torch.Generator(device=self.device) if self.device.type != "mps" else torch.Generator()
         seen = 0
         t0 = time.perf_counter()
-        stats_sum = torch.zeros(4, device=self.device)
+        stats_sum = torch.zeros(5, device=self.device)
         stats_n = 0
-        epoch_stats = torch.zeros(4, device=self.device)
+        epoch_stats = torch.zeros(5, device=self.device)
         epoch_n = 0
         last: dict[str, float] = {}
         bar = self.reporter.epoch_bar(epoch + 1, total_epochs, steps, start=self.pos.step)
@@ -265,6 +273,7 @@ class Trainer(TrainingState, PeriodicWork):
                         noise,
                         augment=self.augment,
                         aug_seed=derived_seed(t.seed, AUGMENT, self.pos.iteration),
+                        aug_p=self.augment_strength.p if self.augment_strength else None,
                         r1_weight=o.r1_gamma / 2 * o.r1_every if lazy_r1 else 0.0,
                     )
                 if self.ema is not None:
@@ -274,10 +283,14 @@ class Trainer(TrainingState, PeriodicWork):
                 seen += real.shape[0]
                 self.pos.step += 1
                 self.pos.iteration += 1
+                if self.augment_strength is not None:
+                    self.augment_strength.observe(
+                        stats[4], self.pos.iteration, lambda x: distributed.all_mean(x, self.dist)
+                    )
                 if stats_n >= t.log_every or self.pos.step >= steps or self.pos.iteration >= total_iters:
                     # The only host sync, every log_every steps.
                     values = distributed.all_mean(stats_sum / stats_n, self.dist).tolist()
-                    reading = dict(zip(("loss_D", "loss_G", "D_x", "D_G_z"), values, strict=True))
+                    reading = dict(zip(("loss_D", "loss_G", "D_x", "D_G_z"), values[:4], strict=True))
                     for event in self.health.observe(self.pos.iteration, reading):
                         if event.kind == NONFINITE:
                             self._roll_back(event.message)  # raises
@@ -300,6 +313,7 @@ class Trainer(TrainingState, PeriodicWork):
                             **{k: round(v, 6) for k, v in last.items()},
                             "wall_time": round(self.wall_offset + time.perf_counter() - self._t_start, 3),
                             "rss_mb": current_rss_mb(),
+                            **self._augment_reading(values[4]),
                         }
                     )
                     stats_sum.zero_()

@@ -23,6 +23,7 @@ from animegen.errors import UserError
 from animegen.networks import build_models
 from animegen.streams import BN_CALIBRATION, SAMPLE_GRID, derived_seed
 from animegen.training import distributed
+from animegen.training.augment import AugmentStrength
 from animegen.training.ema import GeneratorEMA
 from animegen.training.speed_plan import SpeedPlan, compile_module
 from animegen.training.step import make_loss
@@ -88,6 +89,7 @@ class Run:
     optD: torch.optim.Adam
     loss: Callable
     augment: tuple[str, ...]
+    augment_strength: AugmentStrength | None  # None: every op on every image (or no policy)
     ema: GeneratorEMA | None
     bn_noise: torch.Tensor | None  # the latents the EMA generator's BatchNorm statistics come from
 
@@ -142,6 +144,11 @@ def build_run(
         optD=optD,
         loss=make_loss(o.loss, o.label_smoothing),
         augment=parse_policy(o.augment),
+        augment_strength=(
+            AugmentStrength(o.augment_p, o.ada_target, o.ada_images, t.batch_size, device)
+            if o.augment and (o.augment_p < 1 or o.ada_target)
+            else None
+        ),
         ema=ema,
         bn_noise=bn_noise,
     )

@@ -40,6 +40,8 @@ class TrainingState:
         tg, mg = ckpt.pack_optimizer("optG", self.optG)
         td, md = ckpt.pack_optimizer("optD", self.optD)
         tr, mr = ckpt.capture_rng()
+        if self.augment_strength is not None:
+            tensors.update(self.augment_strength.state())
         tensors.update(tg)
         tensors.update(td)
         tensors.update(tr)
@@ -103,6 +105,8 @@ class TrainingState:
             first = str(e).strip().splitlines()[0]
             raise CheckpointError(f"{path}: does not fit this configuration ({first})") from None
         ckpt.restore_rng(tensors, meta.get("rng", {}))
+        if self.augment_strength is not None:
+            self.augment_strength.load(tensors)
         if self.graphed is not None:  # the optimisers' state tensors were replaced
             self.graphed.reset()
         self.pos = Position(meta["epoch"], meta["step"], meta["iteration"])

@@ -120,14 +120,17 @@ def train_step(
     d_for_g: nn.Module | None = None,
     augment: tuple[str, ...] = (),
     aug_seed: int = 0,
+    aug_p: torch.Tensor | None = None,
     r1_weight: float = 0.0,
     recon: bool = False,
 ) -> torch.Tensor:
-    """Update D then G once; returns [loss_D, loss_G, D(x), D(G(z))] as a detached device tensor.
+    """Update D then G once; returns [loss_D, loss_G, D(x), D(G(z)), mean sign of D's logits on the
+    real batch] as a detached device tensor (the last is what ADA watches).
 
     `d_for_g` is the D that the G step runs through: under DDP the bare module, since D's weights
     get no gradient there and a DDP forward would wait for a gradient reduction that never comes.
-    `augment` is a DiffAugment policy applied to every batch D sees (seeded by `aug_seed`);
+    `augment` is a DiffAugment policy applied to every batch D sees (seeded by `aug_seed`), each op
+    to each image with probability `aug_p` (None: always);
     `r1_weight` > 0 adds weight * ||grad_x D(x)||^2 on the real batch (the caller makes it lazy).
     `recon` adds D's reconstruction loss on the real batch (a D built with model.d_recon).
     Nothing here reads a value back to the host, so on a GPU the step runs without synchronising.
@@ -137,7 +140,7 @@ def train_step(
     autocast = autocast_context(device, amp)
 
     def aug(x: torch.Tensor, k: int) -> torch.Tensor:
-        return diff_augment(x, augment, derived_seed(aug_seed, k)) if augment else x
+        return diff_augment(x, augment, derived_seed(aug_seed, k), aug_p) if augment else x
 
     optD.zero_grad(set_to_none=True)
     if r1_weight:
@@ -152,6 +155,7 @@ def train_step(
     # Taken now: under CUDA graphs (torch.compile "reduce-overhead") D's next replay reuses the
     # memory of this output.
     d_x = torch.sigmoid(out_real.detach()).mean()
+    real_sign = torch.sign(out_real.detach()).mean()
     err_real = loss.d_real(out_real)
     if r1_weight:
         (grad,) = torch.autograd.grad(out_real.sum(), real, create_graph=True)
@@ -180,4 +184,4 @@ def train_step(
         d_g.requires_grad_(True)
     optG.step()
 
-    return torch.stack([(err_real + err_fake).detach(), err_g.detach(), d_x, d_g_z])
+    return torch.stack([(err_real + err_fake).detach(), err_g.detach(), d_x, d_g_z, real_sign])
