@@ -93,7 +93,7 @@ def test_d_wins_warning_is_logged(image_folder, tmp_path, monkeypatch, capsys):
 
     def step(*args, **kwargs):
         stats = real_step(*args, **kwargs)
-        return torch.stack([stats[0], stats[1], torch.tensor(0.999), torch.tensor(0.001)])
+        return torch.stack([stats[0], stats[1], torch.tensor(0.999), torch.tensor(0.001), stats[4]])
 
     monkeypatch.setattr(loop, "train_step", step)
     original = loop.HealthMonitor

@@ -12,6 +12,10 @@ import copy
 import torch
 from torch import nn
 
+from animegen.config import ModelConfig
+from animegen.networks import build_generator
+from animegen.training import distributed
+
 
 class GeneratorEMA:
     """`module` holds the averaged copy; `update_parameters(net)` folds in the current weights."""
@@ -64,3 +68,34 @@ def calibrate_bn(net: nn.Module, noise: torch.Tensor, batch: int = 64) -> None:
 
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
         update_bn(noise.split(batch), net)
+
+
+class SamplingGenerator:
+    """The generator that sample grids, held-out evaluations and checkpoints' G_ema see: the EMA
+    copy when there is one (its BatchNorm statistics measured on `bn_noise`), else G."""
+
+    def __init__(
+        self,
+        netG: nn.Module,
+        ema: GeneratorEMA | None,
+        bn_noise: torch.Tensor | None,
+        model: ModelConfig,
+        device: torch.device,
+        dist: distributed.DistInfo,
+    ):
+        self.netG, self.ema, self.bn_noise = netG, ema, bn_noise
+        self.model, self.device, self.dist = model, device, dist
+        self._calibrated_at = -1  # the EMA update count the statistics were measured at
+
+    def net(self) -> nn.Module:
+        net: nn.Module = self.ema.module if self.ema is not None else self.netG
+        if self.dist.enabled:
+            # Synchronised BatchNorm would wait for the other ranks: sample from a plain copy.
+            plain = build_generator(self.model).to(self.device)
+            plain.load_state_dict(distributed.unwrap(net).state_dict())
+            net = plain
+        if self.ema is not None and (self.dist.enabled or self._calibrated_at != int(self.ema.n_averaged)):
+            calibrate_bn(net, self.bn_noise)
+            if not self.dist.enabled:
+                self._calibrated_at = int(self.ema.n_averaged)
+        return net

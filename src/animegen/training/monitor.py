@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -9,10 +10,41 @@ from typing import Any
 
 import numpy as np
 
+from animegen import checkpoint_format as ckpt
 from animegen.errors import UserError
 from animegen.runlog import read_log
 
 SCALARS = ("loss_D", "loss_G", "D_x", "D_G_z", "images_per_s", "fid", "kid", "swd", "fd_ssl")
+
+
+class RunLog:
+    """log.jsonl, one JSON row per line (rank 0 writes), each row also handed to the Monitor."""
+
+    def __init__(self, path: Path, write: bool = True):
+        self.path = Path(path)
+        self.enabled = write
+        self.monitor: Monitor | None = None
+
+    def write(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self.monitor is not None:
+            self.monitor.log(row)
+
+    def truncate(self, iteration: int) -> None:
+        """Drop rows written after `iteration`, so a resumed log reads like one run."""
+        if not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                if json.loads(line).get("iteration", 0) <= iteration:
+                    kept.append(line)
+            except ValueError:
+                continue
+        ckpt.write_atomic(self.path, ("\n".join(kept) + "\n").encode() if kept else b"")
 
 
 class Monitor:
