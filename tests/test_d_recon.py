@@ -7,10 +7,10 @@ import torch
 from checkpoint_checks import uninterrupted_and_resumed
 from conftest import TINY
 
-from animegen.choices import SUPPORTED_SIZES
 from animegen.cli import main
 from animegen.config import Config, ModelConfig, build_config
 from animegen.errors import UserError
+from animegen.image_sizes import SUPPORTED_SIZES
 from animegen.networks.fastgan import FastDiscriminator, FastGenerator
 from animegen.training.step import make_loss, train_step
 

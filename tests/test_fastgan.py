@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from animegen.choices import SUPPORTED_SIZES
 from animegen.config import ModelConfig, build_config
 from animegen.errors import UserError
+from animegen.image_sizes import SUPPORTED_SIZES
 from animegen.networks import build_models, count_parameters
 from animegen.networks.fastgan import FastDiscriminator, FastGenerator, SkipExcitation
 

@@ -20,7 +20,8 @@ LAYERS = {
     # foundations: no animegen imports beyond each other
     "animegen.errors": 0,
     "animegen.helpformat": 0,
-    "animegen.choices": 0,
+    "animegen.image_sizes": 0,
+    "animegen.sampling_options": 0,
     "animegen.streams": 0,
     "animegen.visual": 0,
     "animegen.runlog": 0,

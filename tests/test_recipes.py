@@ -10,9 +10,8 @@ from conftest import TINY
 
 from animegen import checkpoint_format as ckpt
 from animegen import load_generator
-from animegen.choices import parse_policy
 from animegen.cli import main
-from animegen.config import ModelConfig, preset
+from animegen.config import ModelConfig, parse_policy, preset
 from animegen.networks import build_models
 from animegen.training.augment import cutout, diff_augment, translation
 from animegen.training.step import make_loss, train_step

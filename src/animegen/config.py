@@ -8,9 +8,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from animegen.choices import layout, parse_policy
 from animegen.config_values import coerce, field_types, parse_override, read_config_file, switch_word
 from animegen.errors import UserError
+from animegen.image_sizes import layout
 
 ARCHITECTURES = ("seed", "dcgan64", "fastgan")
 D_BACKBONES = ("", "efficientnet_lite0")  # "": D learns its own features
@@ -18,6 +18,7 @@ LOSSES = ("bce", "hinge")
 AMP_MODES = ("off", "bf16", "auto")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 EVAL_METRICS = ("fid", "kid", "swd", "fd_ssl")
+AUGMENT_POLICIES = ("color", "translation", "cutout")  # DiffAugment's (training/augment.py)
 SWITCH_MODES = ("auto", "on", "off")  # "auto": on where it applies and measured faster
 # Three-way switches; true/false (files, --set, older checkpoints' booleans) read as on/off.
 SWITCHES = ("train.fused_adam", "train.cuda_graph", "train.cudnn_benchmark")
@@ -252,6 +253,15 @@ class Config:
             raise UserError(f"train.eval_metrics: choose from {choices}, not {t.eval_metrics!r}")
         if self.data.limit is not None and self.data.limit < 1:
             raise UserError("data.limit must be >= 1")
+
+
+def parse_policy(text: str) -> tuple[str, ...]:
+    """A DiffAugment policy ("color,translation") as its parts; ValueError on an unknown one."""
+    parts = tuple(p.strip() for p in text.split(",") if p.strip())
+    for p in parts:
+        if p not in AUGMENT_POLICIES:
+            raise ValueError(f"unknown DiffAugment policy {p!r} (choose from {', '.join(AUGMENT_POLICIES)})")
+    return parts
 
 
 def seed_preset() -> Config:

@@ -25,8 +25,8 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from animegen.choices import BN_MODES, DEFAULT_BN_MODE
 from animegen.errors import UserError
+from animegen.sampling_options import BN_MODES, DEFAULT_BN_MODE
 
 if TYPE_CHECKING:
     from torch import nn

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from animegen.choices import BN_MODES, CHUNK, DEFAULT_BN_MODE
 from animegen.config import ModelConfig
 from animegen.errors import UserError
+from animegen.sampling_options import BN_MODES, CHUNK, DEFAULT_BN_MODE
 from animegen.streams import CHUNK_NOISE, derived_seed
 from animegen.visual import to_uint8
 

@@ -26,8 +26,8 @@ import time
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from animegen.choices import BN_MODES, CHUNK, DEFAULT_BN_MODE
 from animegen.errors import UserError
+from animegen.sampling_options import BN_MODES, CHUNK, DEFAULT_BN_MODE
 
 if TYPE_CHECKING:
     import numpy as np

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from animegen.choices import BN_MODES, DEFAULT_BN_MODE
+from animegen.sampling_options import BN_MODES, DEFAULT_BN_MODE
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from animegen import metrics as measures
-from animegen.choices import DEFAULT_BN_MODE
 from animegen.errors import UserError
 from animegen.metrics import copying
 from animegen.metrics.face_features import FaceFeatures, face_features
 from animegen.sampling import Sampler
+from animegen.sampling_options import DEFAULT_BN_MODE
 from animegen.visual import make_grid, save_png
 
 METRICS = ("fid", "kid", "swd", "fd_ssl")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from animegen.choices import layout
 from animegen.config import ModelConfig
+from animegen.image_sizes import layout
 
 # The tutorial's widths at width=1.0: G's last hidden layer has 128 channels, D's first has 64.
 BASE_WIDTHS = {"seed": (128, 64), "dcgan64": (64, 64)}

@@ -21,8 +21,8 @@ import math
 import torch
 from torch import nn
 
-from animegen.choices import layout
 from animegen.config import ModelConfig
+from animegen.image_sizes import layout
 
 # Channels per map side at width 1.0; sides are matched to the nearest key at or above them.
 G_CHANNELS = {4: 512, 8: 256, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8}
@@ -30,7 +30,7 @@ D_CHANNELS = {4: 256, 8: 256, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8}
 
 
 def _start_side(image_size: int) -> int:
-    # choices.layout's rule: sizes divisible by 3 grow from a 3x3 map, the others from 4x4.
+    # image_sizes.layout's rule: sizes divisible by 3 grow from a 3x3 map, the others from 4x4.
     return 3 if layout(image_size)[0] == 3 else 4
 
 

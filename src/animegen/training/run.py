@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from animegen.choices import parse_policy
-from animegen.config import Config
+from animegen.config import Config, parse_policy
 from animegen.data import duplicates
 from animegen.data.cache import ImageSet, load_demo, load_folder
 from animegen.data.split import holdout_split
