@@ -54,3 +54,14 @@ def test_runs_on_a_missing_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no runs/ yet: the bare command lists nothing, without error
     assert main(["runs"]) == 0
     assert "no runs under runs" in capsys.readouterr().out
+
+
+def test_a_run_shorter_than_the_plot_interval_draws_loss_png_once(image_folder, tmp_path, monkeypatch):
+    import animegen.training.monitor as monitor
+
+    drawn = []
+    real = monitor.plot_losses
+    monkeypatch.setattr(monitor, "plot_losses", lambda *a: drawn.append(a) or real(*a))
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(image_folder), "--epochs", "3", "--run-dir", str(run), *TINY]) == 0
+    assert len(drawn) == 1 and (run / "loss.png").exists()

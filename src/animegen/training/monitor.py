@@ -51,13 +51,14 @@ class Monitor:
     """Receives log rows and epoch grids; writes TensorBoard events (optional) and loss.png."""
 
     # Drawing loss.png can take as long as a GPU epoch of a small folder (docs/design-notes.md), so
-    # the plot is redrawn at most this often (and once more at the end).
+    # the plot is redrawn at most this often, first this long after the start (a run shorter than
+    # that draws it once, at the end), and once more at the end.
     PLOT_INTERVAL_S = 30.0
 
     def __init__(self, run_dir: Path, tensorboard: bool = False, plot: bool = True):
         self.run_dir = Path(run_dir)
         self.plot = plot
-        self._plotted_at: float | None = None
+        self._plotted_at = time.monotonic()
         self.writer = None
         if tensorboard:
             try:
@@ -81,7 +82,7 @@ class Monitor:
             self.writer.add_image("samples", grid, iteration, dataformats="HWC")
             self.writer.flush()
         now = time.monotonic()
-        if self.plot and (self._plotted_at is None or now - self._plotted_at >= self.PLOT_INTERVAL_S):
+        if self.plot and now - self._plotted_at >= self.PLOT_INTERVAL_S:
             plot_losses(self.run_dir / "log.jsonl", self.run_dir / "loss.png")
             self._plotted_at = now
 
