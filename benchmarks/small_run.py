@@ -1,7 +1,7 @@
 """A small run's whole process against the tutorial trainer: 2 epochs over 800 faces, start to exit.
 
   python benchmarks/small_run.py --data DIR [--faces 800] [--epochs 2] [--rounds 3]
-                                 [--presets seed default] [--profile]
+                                 [--presets seed default] [--baseline-src OTHER/src] [--profile]
 
 Each round runs, as fresh processes one after another: the reference trainer
 (../shared/reference/seed_dcgan.py, batch 8, its per-epoch sample and weight files) and
@@ -9,6 +9,8 @@ Each round runs, as fresh processes one after another: the reference trainer
 (symlinked), with a fresh run dir and a fresh decoded-image cache each time, as a user's first run
 on a new folder meets it. It prints each process's wall seconds, the medians over the rounds and
 each preset's ratio (reference seconds / animegen seconds: above 1 is faster than the reference).
+--baseline-src adds, in every round, each preset run from another checkout's src/ (say, main
+before a change), so before and after are measured in the same rounds.
 
 --profile then runs each preset once more under cProfile and prints where its seconds went:
 imports, decoding the folder into the cache, building the networks, the training steps, the epoch
@@ -114,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--presets", nargs="+", default=["seed", "default"])
     p.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE)
+    p.add_argument("--baseline-src", type=Path, help="also run each preset from this checkout's src/")
     p.add_argument("--profile", action="store_true", help="then profile each preset once (in-process)")
     args = p.parse_args(argv)
     if not args.reference.exists():
@@ -124,22 +127,26 @@ def main(argv: list[str] | None = None) -> int:
         faces = pick_faces(args.data, args.faces, work / "faces")
         print(f"{args.faces} faces from {args.data}, {args.epochs} epochs, {args.rounds} rounds, "
               f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
-        seconds: dict[str, list[float]] = {"reference": [], **{pr: [] for pr in args.presets}}
+        arms = [(pr, pr, env) for pr in args.presets]
+        if args.baseline_src:
+            base_env = {**env, "PYTHONPATH": str(args.baseline_src.resolve())}
+            arms += [(f"{pr}@baseline", pr, base_env) for pr in args.presets]
+        seconds: dict[str, list[float]] = {"reference": [], **{label: [] for label, _, _ in arms}}
         for r in range(args.rounds):
             out = Path(tempfile.mkdtemp(dir=work, prefix="reference-"))
             ref = [sys.executable, str(args.reference), "--data", str(faces), "--epochs", str(args.epochs),
                    "--out", str(out)]  # fmt: skip
             seconds["reference"].append(timed(ref, env))
-            for preset in args.presets:
-                seconds[preset].append(timed(animegen_cmd(preset, faces, args.epochs, work), env))
+            for label, preset, arm_env in arms:
+                seconds[label].append(timed(animegen_cmd(preset, faces, args.epochs, work), arm_env))
             row = "  ".join(f"{k} {v[-1]:.2f} s" for k, v in seconds.items())
             print(f"round {r + 1}: {row}  (load {os.getloadavg()[0]:.2f})", flush=True)
         ref_median = statistics.median(seconds["reference"])
         print(f"\nmedian whole-process seconds; ratio = reference / animegen (reference {ref_median:.2f} s)")
-        for preset in args.presets:
-            med = statistics.median(seconds[preset])
-            per_round = [a / b for a, b in zip(seconds["reference"], seconds[preset], strict=True)]
-            print(f"  {preset:10s} {med:7.2f} s  x{ref_median / med:.2f}  "
+        for label, _, _ in arms:
+            med = statistics.median(seconds[label])
+            per_round = [a / b for a, b in zip(seconds["reference"], seconds[label], strict=True)]
+            print(f"  {label:18s} {med:7.2f} s  x{ref_median / med:.2f}  "
                   f"(per round {', '.join(f'x{x:.2f}' for x in per_round)})")  # fmt: skip
         if args.profile:
             sys.path.insert(0, str(REPO / "src"))
