@@ -88,6 +88,10 @@ class OptimConfig:
     # the real images it trains on averages above this (their 0.6), lowering it below; 0 = fixed
     ada_target: float = 0.0
     ada_images: int = 100_000  # images over which the adaptive probability can move from 0 to 1
+    # > 0: LeCam's penalty on D (Tseng et al. 2021) with this weight (their 0.3 with hinge), which
+    # ties D's real and fake scores to each other's moving average so that D cannot memorise
+    lecam: float = 0.0
+    lecam_decay: float = 0.99  # of those moving averages
 
 
 @dataclass
@@ -213,6 +217,8 @@ class Config:
             raise UserError("optim: augment_p in [0, 1], ada_target in [0, 1), ada_images >= 1")
         if o.ada_target and not o.augment:
             raise UserError("optim.ada_target adapts optim.augment's probability: set a policy too")
+        if o.lecam < 0 or not 0 <= o.lecam_decay < 1:
+            raise UserError("optim: lecam >= 0, lecam_decay in [0, 1)")
         if t.amp not in AMP_MODES:
             raise UserError(f"train.amp must be one of {', '.join(AMP_MODES)}, not {t.amp!r}")
         if t.compile not in COMPILE_MODES:
@@ -228,6 +234,7 @@ class Config:
                     (f"train.compile={t.compile}", t.compile != "off"),
                     ("optim.augment", bool(o.augment)),
                     ("optim.r1_gamma", bool(o.r1_gamma)),
+                    ("optim.lecam", bool(o.lecam)),
                 )
                 if on
             ]

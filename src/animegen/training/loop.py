@@ -108,6 +108,7 @@ class Trainer:
             run.speed.amp,
             d_for_g=run.D_for_g,
             recon=self.cfg.model.d_recon,
+            lecam=run.lecam,
             **per_iteration,
         )
 

@@ -24,6 +24,7 @@ from animegen.streams import BN_CALIBRATION, SAMPLE_GRID, derived_seed
 from animegen.training import distributed
 from animegen.training.augment import AugmentStrength
 from animegen.training.ema import GeneratorEMA
+from animegen.training.lecam import LeCam
 from animegen.training.speed_plan import SpeedPlan, compile_module
 from animegen.training.step import make_loss
 
@@ -89,6 +90,7 @@ class Run:
     loss: Callable
     augment: tuple[str, ...]
     augment_strength: AugmentStrength | None  # None: every op on every image (or no policy)
+    lecam: LeCam | None  # D's LeCam penalty and its anchors (optim.lecam > 0)
     ema: GeneratorEMA | None
     bn_noise: torch.Tensor | None  # the latents the EMA generator's BatchNorm statistics come from
 
@@ -146,6 +148,11 @@ def build_run(
         augment_strength=(
             AugmentStrength(o.augment_p, o.ada_target, o.ada_images, t.batch_size, device)
             if o.augment and (o.augment_p < 1 or o.ada_target)
+            else None
+        ),
+        lecam=(
+            LeCam(o.lecam, o.lecam_decay, device, lambda x: distributed.all_mean(x, dist))
+            if o.lecam
             else None
         ),
         ema=ema,

@@ -63,7 +63,7 @@ def use_cuda_graph(t: TrainConfig, o: OptimConfig, device: torch.device, process
     refused by validation), "auto" only where a graph is captured and replays the same step."""
     if t.cuda_graph == "on":
         return True
-    fixed_step = t.compile == "off" and not o.augment and not o.r1_gamma
+    fixed_step = t.compile == "off" and not o.augment and not o.r1_gamma and not o.lecam
     return t.cuda_graph == "auto" and device.type == "cuda" and processes == 1 and fixed_step
 
 

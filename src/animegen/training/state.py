@@ -57,6 +57,8 @@ def pack_state(
     tr, mr = ckpt.capture_rng()
     if augment_strength is not None:
         tensors.update(augment_strength.state())
+    if run.lecam is not None:
+        tensors.update(run.lecam.state())
     tensors.update(tg)
     tensors.update(td)
     tensors.update(tr)
@@ -123,6 +125,8 @@ def restore_state(path: Path, run: Run, augment_strength: AugmentStrength | None
     ckpt.restore_rng(tensors, meta.get("rng", {}))
     if augment_strength is not None:
         augment_strength.load(tensors)
+    if run.lecam is not None:
+        run.lecam.load(tensors)
     health = dict(meta.get("health") or {})
     return Restored(
         pos=Position(meta["epoch"], meta["step"], meta["iteration"]),

@@ -17,6 +17,7 @@ from torch import nn
 
 from animegen.streams import derived_seed
 from animegen.training.augment import diff_augment
+from animegen.training.lecam import LeCam
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -123,6 +124,7 @@ def train_step(
     aug_p: torch.Tensor | None = None,
     r1_weight: float = 0.0,
     recon: bool = False,
+    lecam: LeCam | None = None,
 ) -> torch.Tensor:
     """Update D then G once; returns [loss_D, loss_G, D(x), D(G(z)), mean sign of D's logits on the
     real batch] as a detached device tensor (the last is what ADA watches).
@@ -133,6 +135,7 @@ def train_step(
     to each image with probability `aug_p` (None: always);
     `r1_weight` > 0 adds weight * ||grad_x D(x)||^2 on the real batch (the caller makes it lazy).
     `recon` adds D's reconstruction loss on the real batch (a D built with model.d_recon).
+    `lecam` adds its penalty to D's loss on each side and then moves its anchors (its own module).
     Nothing here reads a value back to the host, so on a GPU the step runs without synchronising.
     """
     d_g = d_for_g if d_for_g is not None else netD
@@ -163,14 +166,20 @@ def train_step(
     if recon:
         target = F.adaptive_avg_pool2d(seen_real.detach().float(), redrawn.shape[-2:])
         err_real = err_real + F.mse_loss(redrawn.float(), target)
+    if lecam is not None:
+        err_real = err_real + lecam.real_penalty(out_real)
     err_real.backward()
     with autocast:
         fake = netG(noise)
         out_fake = netD(aug(fake.detach(), 1)).float()
     d_g_z = torch.sigmoid(out_fake.detach()).mean()
     err_fake = loss.d_fake(out_fake)
+    if lecam is not None:
+        err_fake = err_fake + lecam.fake_penalty(out_fake)
     err_fake.backward()
     optD.step()
+    if lecam is not None:
+        lecam.update(out_real.detach().mean(), out_fake.detach().mean())
 
     optG.zero_grad(set_to_none=True)
     # D's weight gradients are not needed for G's update (the next D step clears them anyway).
