@@ -177,6 +177,8 @@ def verdicts(rows: dict[str, dict[str, float]], metric: str) -> list[str]:
     floor = max(rows["floor: held-out"][metric], rows["floor: training faces"][metric])
     lines = []
     for kind, levels in DAMAGE_LEVELS.items():
+        if any(f"{kind} {lv:g}" not in rows for lv in levels):
+            continue  # left out with --rows
         values = [rows[f"{kind} {lv:g}"][metric] for lv in levels]
         ordered = all(a < b for a, b in zip(values, values[1:], strict=False))
         above = values[0] > floor
@@ -203,6 +205,12 @@ def main() -> int:
     p.add_argument("--inception", action="store_true", help="also Inception FID (slow on a CPU)")
     p.add_argument("--cache-dir", type=Path)
     p.add_argument(
+        "--rows",
+        nargs="+",
+        metavar="TEXT",
+        help="score only the sets whose names contain one of these (the two floors always)",
+    )
+    p.add_argument(
         "--encoder-faces",
         type=Path,
         metavar="DIR",
@@ -221,6 +229,8 @@ def main() -> int:
         sys.exit(f"--n {args.n}: needs {2 * args.n} held-out faces, the split has {len(held)}")
     print(f"split: {n_train:,} training, {n_held:,} held-out faces; n = {args.n:,} a side, {args.size} px")
     reference, sets = build_sets(held, train, args.n, args.generated, args.size, args.cache_dir)
+    if args.rows:
+        sets = {k: v for k, v in sets.items() if k.startswith("floor: ") or any(t in k for t in args.rows)}
     rows = score(reference, sets, args.weights, args.inception)
     lines = [
         line for m in ("fd_ssl", "swd", "fid") if m in rows["floor: held-out"] for line in verdicts(rows, m)
