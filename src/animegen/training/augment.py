@@ -118,7 +118,8 @@ class AugmentStrength:
         `mean` averages a tensor over the processes (identity in one)."""
         if not self.adaptive:
             return
-        self.sums += torch.stack([real_sign.float(), torch.ones((), device=self.sums.device)])
+        self.sums[0] += real_sign.float()
+        self.sums[1] += 1
         if iteration % self.interval == 0:
             total, batches = mean(self.sums).unbind()
             r = total / batches.clamp(min=1)
