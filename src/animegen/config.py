@@ -92,6 +92,9 @@ class OptimConfig:
     # ties D's real and fake scores to each other's moving average so that D cannot memorise
     lecam: float = 0.0
     lecam_decay: float = 0.99  # of those moving averages
+    # > 0: both learning rates halve every this many training images (exponential decay, a pure
+    # function of the images trained on, so resume stays exact); 0 = constant rates
+    lr_half_life: int = 0
 
 
 @dataclass
@@ -219,6 +222,8 @@ class Config:
             raise UserError("optim.ada_target adapts optim.augment's probability: set a policy too")
         if o.lecam < 0 or not 0 <= o.lecam_decay < 1:
             raise UserError("optim: lecam >= 0, lecam_decay in [0, 1)")
+        if o.lr_half_life < 0:
+            raise UserError(f"optim.lr_half_life must be >= 0 images (0 = off), not {o.lr_half_life}")
         if t.amp not in AMP_MODES:
             raise UserError(f"train.amp must be one of {', '.join(AMP_MODES)}, not {t.amp!r}")
         if t.compile not in COMPILE_MODES:
@@ -235,6 +240,7 @@ class Config:
                     ("optim.augment", bool(o.augment)),
                     ("optim.r1_gamma", bool(o.r1_gamma)),
                     ("optim.lecam", bool(o.lecam)),
+                    ("optim.lr_half_life", bool(o.lr_half_life)),
                 )
                 if on
             ]

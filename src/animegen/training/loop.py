@@ -36,6 +36,7 @@ from animegen.training.ema import SamplingGenerator
 from animegen.training.evaluator import PeriodicEvaluator
 from animegen.training.graphed import CaptureError, GraphedStep
 from animegen.training.health import COLLAPSE, D_WINS, NONFINITE, HealthEvent, HealthMonitor
+from animegen.training.lr_schedule import lr_scale, set_lr
 from animegen.training.monitor import Monitor, RunLog
 from animegen.training.progress import Reporter
 from animegen.training.run import build_run, check_run_dir, current_rss_mb, fixed_noise, load_data
@@ -263,6 +264,10 @@ class Trainer:
                 if run.speed.channels_last:
                     noise = noise.contiguous(memory_format=torch.channels_last)
                 lazy_r1 = o.r1_gamma and self.pos.iteration % o.r1_every == 0
+                if o.lr_half_life:
+                    scale = lr_scale(self.pos.iteration * t.batch_size, o.lr_half_life)
+                    set_lr(run.optG, o.lr_g * scale)
+                    set_lr(run.optD, o.lr_d * scale)
                 stats = None
                 if self.graphed is not None:
                     try:
@@ -315,6 +320,7 @@ class Trainer:
                             "wall_time": round(self.clock.wall(), 3),
                             "rss_mb": current_rss_mb(),
                             **augment_reading(strength, values[4]),
+                            **({"lr_g": run.optG.param_groups[0]["lr"]} if o.lr_half_life else {}),
                         }
                     )
                     stats_sum.zero_()

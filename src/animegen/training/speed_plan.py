@@ -64,6 +64,7 @@ def use_cuda_graph(t: TrainConfig, o: OptimConfig, device: torch.device, process
     if t.cuda_graph == "on":
         return True
     fixed_step = t.compile == "off" and not o.augment and not o.r1_gamma and not o.lecam
+    fixed_step = fixed_step and not o.lr_half_life
     return t.cuda_graph == "auto" and device.type == "cuda" and processes == 1 and fixed_step
 
 
