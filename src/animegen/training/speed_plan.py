@@ -63,8 +63,8 @@ def use_cuda_graph(t: TrainConfig, o: OptimConfig, device: torch.device, process
     refused by validation), "auto" only where a graph is captured and replays the same step."""
     if t.cuda_graph == "on":
         return True
-    fixed_step = t.compile == "off" and not o.augment and not o.r1_gamma and not o.lecam
-    fixed_step = fixed_step and not o.lr_half_life
+    per_step_inputs = o.augment or o.r1_gamma or o.lecam or o.lr_half_life
+    fixed_step = t.compile == "off" and not per_step_inputs
     return t.cuda_graph == "auto" and device.type == "cuda" and processes == 1 and fixed_step
 
 
